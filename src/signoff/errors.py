@@ -1,0 +1,92 @@
+"""Domain errors. One base, one subclass per case; the docstring is the default message.
+
+The HTTP layer maps them to status codes in one place (``api.errors``).
+"""
+
+from __future__ import annotations
+
+
+class SignoffError(Exception):
+    """Something went wrong."""
+
+    code = "error"
+    http_status = 400
+
+    def __init__(self, message: str | None = None, *, status: str | None = None) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        # For conflicts: the current status of the thing that won.
+        self.status = status
+        super().__init__(self.message)
+
+
+class Unauthenticated(SignoffError):
+    """A valid bearer token is required."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class Forbidden(SignoffError):
+    """This token may not do that."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(SignoffError):
+    """Not found."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class RequestNotFound(NotFound):
+    """No approval request has that id."""
+
+
+class IncidentNotFound(NotFound):
+    """No incident has that id."""
+
+
+class Conflict(SignoffError):
+    """The state has changed: this transition is no longer possible."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class RequestNotPending(Conflict):
+    """The request is no longer pending."""
+
+    code = "request_not_pending"
+
+
+class IncidentResolved(Conflict):
+    """The incident is already resolved."""
+
+    code = "incident_resolved"
+
+
+class AlreadyApproved(Conflict):
+    """You have already approved this request."""
+
+    code = "already_approved"
+
+
+class OutcomeAlreadyReported(Conflict):
+    """The outcome of this request has already been reported."""
+
+    code = "outcome_already_reported"
+
+
+class InvalidInput(SignoffError):
+    """The input is not valid."""
+
+    code = "invalid"
+    http_status = 422
+
+
+class IdempotencyMismatch(InvalidInput):
+    """This Idempotency-Key was used before with a different body."""
+
+    code = "idempotency_key_reused"

@@ -1,0 +1,56 @@
+"""Prometheus metrics. Names share the vocabulary of the log events (``request_expired``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """One registry per process (or per test), so that two apps never share counters."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests_created = Counter(
+            "signoff_requests_created_total", "Approval requests created.", registry=r
+        )
+        self.requests_decided = Counter(
+            "signoff_requests_decided_total",
+            "Approval requests that ended, by disposition.",
+            ["disposition"],
+            registry=r,
+        )
+        self.requests_expired = Counter(
+            "signoff_requests_expired_total", "Approval requests expired by the resolver.",
+            registry=r,
+        )
+        self.incidents_resolved = Counter(
+            "signoff_incidents_resolved_total", "Incidents resolved, by resolution type.",
+            ["resolution_type"], registry=r,
+        )
+        self.expiry_lateness = Histogram(
+            "signoff_expiry_lateness_seconds",
+            "Time from a request's deadline to the moment it was expired.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.resolver_passes = Counter(
+            "signoff_resolver_passes_total", "Resolver passes.", registry=r
+        )
+        self.resolver_errors = Counter(
+            "signoff_resolver_errors_total", "Resolver failures (a batch or a single row).",
+            registry=r,
+        )
+        self.pending = Gauge(
+            "signoff_requests_pending", "Requests pending now (including overdue ones).",
+            registry=r,
+        )
+        self.oldest_overdue = Gauge(
+            "signoff_oldest_overdue_seconds",
+            "How long the oldest overdue pending request has been past its deadline (0: none).",
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "signoff_http_requests_total", "HTTP requests served, by route and status.",
+            ["method", "route", "status"], registry=r,
+        )

@@ -1,0 +1,119 @@
+"""Settings: one typed object, read from ``SIGNOFF_*`` variables and CLI flags.
+
+Built at the edge (the CLI callback or the app factory) and passed down; nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Turn ``15m``, ``90s``, ``7d``, ``1.5h`` or a plain number of seconds into a timedelta."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a duration; use a number with a unit, like 90s, 15m, 2h or 7d"
+            )
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"{value!r} is not a duration")
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def normalise_database_url(url: str) -> str:
+    """Map the user-facing URL forms onto the async drivers signoff uses."""
+    url = url.strip()
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("postgresql+asyncpg://"):
+        return url
+    if url.startswith("sqlite+aiosqlite://"):
+        return url
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+    raise ValueError(
+        f"unsupported database URL {url!r}: use sqlite:///path/to/file.db "
+        "or postgresql://user@host:port/dbname"
+    )
+
+
+class Settings(BaseSettings):
+    """Everything signoff can be told at start, validated once."""
+
+    model_config = SettingsConfigDict(env_prefix="SIGNOFF_", extra="ignore")
+
+    database_url: str = "sqlite:///./signoff.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=1, le=65535)
+    default_ttl: Duration = timedelta(minutes=15)
+    max_ttl: Duration = timedelta(days=7)
+    display_tz: str = "UTC"
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    resolver_backstop: Duration = timedelta(seconds=2)
+    resolver_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    log_level: str = "info"
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        normalise_database_url(value)
+        return value
+
+    @field_validator("display_tz")
+    @classmethod
+    def _check_tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Taipei)") from exc
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"debug", "info", "warning", "error"}:
+            raise ValueError("log level must be one of debug, info, warning, error")
+        return value
+
+    @model_validator(mode="after")
+    def _check_ttls(self) -> Settings:
+        if self.default_ttl > self.max_ttl:
+            raise ValueError(
+                f"default TTL ({self.default_ttl}) is longer than the maximum TTL ({self.max_ttl})"
+            )
+        return self
+
+    @property
+    def async_database_url(self) -> str:
+        return normalise_database_url(self.database_url)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.async_database_url.startswith("postgresql")
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.display_tz)

@@ -1,0 +1,647 @@
+"""Every state change, as guarded SQL. The caller owns the transaction; nothing here commits.
+
+A transition is one compare-and-set statement (``UPDATE … WHERE status = 'pending' AND
+expires_at > :now RETURNING …``). No row back means another transition won: the row is
+then read only to say which, never to decide. Locks are always taken requests first,
+incidents second, so that two transactions never wait on each other in a circle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from signoff import errors
+from signoff.lifecycle import (
+    INCIDENT_RESOLVED_ACTOR,
+    TIMEOUT_ACTOR,
+    Disposition,
+    EventKind,
+    IncidentStatus,
+    RequestStatus,
+    ResolutionType,
+    Role,
+)
+from signoff.tables import approvals, events, incidents, knowledge, requests, tokens
+from signoff.views import action_summary, knowledge_summary
+
+Row = Mapping[str, Any]
+WAKE_CHANNEL = "signoff_deadlines"
+PENDING = RequestStatus.PENDING.value
+
+
+# -- tokens ---------------------------------------------------------------------------
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role
+
+
+async def create_token(conn: AsyncConnection, now: datetime, name: str, role: Role) -> str:
+    """Store a new token hashed; return the only copy of its secret."""
+    secret = "so_" + secrets.token_urlsafe(32)
+    await conn.execute(
+        tokens.insert().values(
+            id=uuid.uuid4(), name=name, role=role.value, token_hash=hash_token(secret),
+            created_at=now,
+        )
+    )
+    return secret
+
+
+async def authenticate(conn: AsyncConnection, secret: str) -> Principal | None:
+    digest = hash_token(secret)
+    row = (
+        await conn.execute(
+            sa.select(tokens.c.name, tokens.c.role, tokens.c.token_hash).where(
+                tokens.c.token_hash == digest, tokens.c.revoked_at.is_(None)
+            )
+        )
+    ).first()
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    return Principal(name=row.name, role=Role(row.role))
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+async def record_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Append audit events; ``rows`` carry at, kind, actor and the rest."""
+    if not rows:
+        return
+    full = [
+        {"request_id": None, "incident_id": None, "from_status": None, "to_status": None,
+         "detail": None, **r}
+        for r in rows
+    ]
+    await conn.execute(events.insert(), full)
+
+
+# -- incidents ------------------------------------------------------------------------
+
+
+def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+async def create_incident(
+    conn: AsyncConnection, now: datetime, *, actor: str, data: Mapping[str, Any]
+) -> tuple[Row, bool]:
+    """Open an incident, or return the open one with the same fingerprint (``created=False``)."""
+    fingerprint = data.get("fingerprint")
+    values = {
+        "id": uuid.uuid4(),
+        "fingerprint": fingerprint,
+        "source": data.get("source"),
+        "title": data["title"],
+        "severity": data["severity"],
+        "service": data.get("service"),
+        "labels": data.get("labels") or {},
+        "description": data.get("description"),
+        "status": IncidentStatus.OPEN.value,
+        "opened_by": actor,
+        "opened_at": now,
+    }
+    stmt = _insert(conn, incidents).values(**values)
+    if fingerprint is not None:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=[incidents.c.fingerprint],
+            index_where=sa.and_(incidents.c.status == "open", incidents.c.fingerprint.isnot(None)),
+        )
+    created = (await conn.execute(stmt.returning(*incidents.c))).mappings().first()
+    if created is None:
+        existing = (
+            await conn.execute(
+                sa.select(incidents).where(
+                    incidents.c.fingerprint == fingerprint, incidents.c.status == "open"
+                )
+            )
+        ).mappings().one()
+        return existing, False
+    await record_events(conn, [{
+        "at": now, "kind": EventKind.INCIDENT_OPENED, "actor": actor,
+        "incident_id": created["id"], "to_status": IncidentStatus.OPEN.value,
+    }])
+    return created, True
+
+
+async def get_incident(conn: AsyncConnection, incident_id: uuid.UUID) -> Row:
+    row = (
+        await conn.execute(sa.select(incidents).where(incidents.c.id == incident_id))
+    ).mappings().first()
+    if row is None:
+        raise errors.IncidentNotFound()
+    return row
+
+
+async def resolve_incident(
+    conn: AsyncConnection,
+    now: datetime,
+    incident_id: uuid.UUID,
+    *,
+    actor: str,
+    resolution_type: ResolutionType = ResolutionType.MANUAL,
+    note: str | None = None,
+) -> Row:
+    """Resolve one incident by hand (or because its alert resolved): rule 6."""
+    await get_incident(conn, incident_id)
+    closed = await close_incidents(
+        conn, now, [incident_id], resolution_type=resolution_type, disposition=None,
+        actor=actor, note=note,
+    )
+    if not closed:
+        raise errors.IncidentResolved(status=IncidentStatus.RESOLVED.value)
+    return closed[0]
+
+
+async def close_incidents(
+    conn: AsyncConnection,
+    now: datetime,
+    incident_ids: Iterable[uuid.UUID],
+    *,
+    resolution_type: ResolutionType,
+    disposition: Disposition | None,
+    actor: str,
+    note: str | None = None,
+    only_if_idle: bool = False,
+) -> list[Row]:
+    """Resolve open incidents, write their knowledge entries and events; return those closed.
+
+    ``only_if_idle`` (expiry, rule 4) leaves alone an incident that still has a pending
+    request or an approved one awaiting its outcome. Otherwise (rules 5 and 6) its pending
+    requests end first: cancelled, or expired if already overdue.
+    """
+    ids = sorted(set(incident_ids))
+    if not ids:
+        return []
+    if not only_if_idle:
+        await _end_pending_requests_of(conn, now, ids)
+    # Requests are locked; now the incidents, in id order so that resolvers never deadlock.
+    locked = (
+        await conn.execute(
+            sa.select(incidents.c.id)
+            .where(incidents.c.id.in_(ids), incidents.c.status == "open")
+            .order_by(incidents.c.id)
+            .with_for_update()
+        )
+    ).scalars().all()
+    if not locked:
+        return []
+    guard = sa.and_(incidents.c.id.in_(locked), incidents.c.status == "open")
+    if only_if_idle:
+        live = sa.select(requests.c.id).where(
+            requests.c.incident_id == incidents.c.id,
+            sa.or_(
+                requests.c.status == PENDING,
+                sa.and_(requests.c.status == "approved", requests.c.outcome_at.is_(None)),
+            ),
+        )
+        guard = sa.and_(guard, ~sa.exists(live))
+    closed = (
+        await conn.execute(
+            incidents.update()
+            .where(guard)
+            .values(
+                status=IncidentStatus.RESOLVED.value, resolved_at=now,
+                resolution_type=resolution_type.value,
+                disposition=None if disposition is None else disposition.value,
+                resolved_by=actor, resolution_note=note,
+            )
+            .returning(*incidents.c)
+        )
+    ).mappings().all()
+    if closed:
+        await _write_knowledge(conn, now, closed, note=note)
+        await record_events(conn, [
+            {"at": now, "kind": EventKind.INCIDENT_RESOLVED, "actor": actor,
+             "incident_id": row["id"], "from_status": "open", "to_status": "resolved",
+             "detail": {"resolution_type": resolution_type.value,
+                        "disposition": row["disposition"], **({"note": note} if note else {})}}
+            for row in closed
+        ])
+    return list(closed)
+
+
+async def _end_pending_requests_of(
+    conn: AsyncConnection, now: datetime, incident_ids: Sequence[uuid.UUID]
+) -> None:
+    """The pending requests of incidents being resolved: overdue ones expire, others cancel."""
+    for status, disposition, actor, when in (
+        (RequestStatus.EXPIRED, Disposition.TIMEOUT_IGNORED, TIMEOUT_ACTOR,
+         requests.c.expires_at <= now),
+        (RequestStatus.CANCELLED, Disposition.CANCELLED, INCIDENT_RESOLVED_ACTOR,
+         requests.c.expires_at > now),
+    ):
+        ended = (
+            await conn.execute(
+                requests.update()
+                .where(requests.c.incident_id.in_(incident_ids), requests.c.status == PENDING, when)
+                .values(status=status.value, disposition=disposition.value, decided_by=actor,
+                        decided_at=now)
+                .returning(requests.c.id, requests.c.incident_id)
+            )
+        ).all()
+        kind = EventKind.REQUEST_EXPIRED if status is RequestStatus.EXPIRED else (
+            EventKind.REQUEST_CANCELLED)
+        await record_events(conn, [
+            {"at": now, "kind": kind, "actor": actor, "request_id": r.id,
+             "incident_id": r.incident_id, "from_status": PENDING, "to_status": status.value,
+             "detail": {"reason": "incident_resolved"}}
+            for r in ended
+        ])
+
+
+async def _write_knowledge(
+    conn: AsyncConnection, now: datetime, closed: Sequence[Row], *, note: str | None
+) -> None:
+    by_incident: dict[uuid.UUID, list[dict[str, Any]]] = {row["id"]: [] for row in closed}
+    rows = (
+        await conn.execute(
+            sa.select(
+                requests.c.incident_id, requests.c.action, requests.c.status,
+                requests.c.decided_by, requests.c.outcome_at, requests.c.outcome_succeeded,
+                requests.c.outcome_detail,
+            )
+            .where(requests.c.incident_id.in_(list(by_incident)))
+            .order_by(requests.c.created_at, requests.c.id)
+        )
+    ).mappings().all()
+    for r in rows:
+        by_incident[r["incident_id"]].append(action_summary(r))
+    entries = []
+    for row in closed:
+        actions = by_incident[row["id"]]
+        entries.append({
+            "id": uuid.uuid4(), "incident_id": row["id"], "created_at": now,
+            "service": row["service"], "fingerprint": row["fingerprint"], "title": row["title"],
+            "resolution_type": row["resolution_type"], "disposition": row["disposition"],
+            "actions": actions,
+            "summary": knowledge_summary(
+                row, actions, resolution_type=row["resolution_type"],
+                disposition=row["disposition"], resolved_at=now, note=note,
+            ),
+        })
+    await conn.execute(knowledge.insert(), entries)
+
+
+# -- requests -------------------------------------------------------------------------
+
+
+async def create_request(
+    conn: AsyncConnection,
+    now: datetime,
+    *,
+    actor: str,
+    data: Mapping[str, Any],
+    expires_at: datetime,
+    idempotency_key: str | None = None,
+    digest: str | None = None,
+) -> tuple[Row, bool]:
+    """Create a pending request; with an idempotency key seen before, return that one.
+
+    Returns ``(row, created)``. The incident, if any, is locked so that it cannot be
+    resolved while its new request is being written (rule 4 would miss it).
+    """
+    if idempotency_key is not None:
+        previous = await _find_idempotent(conn, actor, idempotency_key)
+        if previous is not None:
+            if previous["idempotency_digest"] != digest:
+                raise errors.IdempotencyMismatch()
+            return previous, False
+    incident_id = data.get("incident_id")
+    if incident_id is not None:
+        status = (
+            await conn.execute(
+                sa.select(incidents.c.status).where(incidents.c.id == incident_id)
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+        if status is None:
+            raise errors.IncidentNotFound()
+        if status != IncidentStatus.OPEN:
+            raise errors.IncidentResolved(status=status)
+    values = {
+        "id": uuid.uuid4(), "incident_id": incident_id, "action": data["action"],
+        "params": data.get("params") or {}, "risk": data.get("risk") or "medium",
+        "rationale": data.get("rationale"), "requested_by": actor, "status": PENDING,
+        "required_approvals": data.get("required_approvals") or 1, "approval_count": 0,
+        "created_at": now, "expires_at": expires_at, "callback_url": data.get("callback_url"),
+        "idempotency_key": idempotency_key, "idempotency_digest": digest,
+    }
+    stmt = _insert(conn, requests).values(**values)
+    if idempotency_key is not None:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=[requests.c.requested_by, requests.c.idempotency_key],
+            index_where=requests.c.idempotency_key.isnot(None),
+        )
+    row = (await conn.execute(stmt.returning(*requests.c))).mappings().first()
+    if row is None:  # a concurrent create with the same key won the insert
+        assert idempotency_key is not None
+        previous = await _find_idempotent(conn, actor, idempotency_key)
+        assert previous is not None
+        if previous["idempotency_digest"] != digest:
+            raise errors.IdempotencyMismatch()
+        return previous, False
+    await record_events(conn, [{
+        "at": now, "kind": EventKind.REQUEST_CREATED, "actor": actor, "request_id": row["id"],
+        "incident_id": incident_id, "to_status": PENDING,
+        "detail": {"expires_at": expires_at.isoformat(), "action": data["action"]},
+    }])
+    if conn.dialect.name == "postgresql":
+        # One NOTIFY per transaction wakes every replica's resolver; it re-reads the deadline.
+        await conn.execute(
+            sa.select(sa.func.pg_notify(WAKE_CHANNEL, expires_at.isoformat()))
+        )
+    return row, True
+
+
+async def _find_idempotent(conn: AsyncConnection, actor: str, key: str) -> Row | None:
+    return (
+        await conn.execute(
+            sa.select(requests).where(
+                requests.c.requested_by == actor, requests.c.idempotency_key == key
+            )
+        )
+    ).mappings().first()
+
+
+async def get_request(conn: AsyncConnection, request_id: uuid.UUID) -> Row:
+    row = (
+        await conn.execute(sa.select(requests).where(requests.c.id == request_id))
+    ).mappings().first()
+    if row is None:
+        raise errors.RequestNotFound()
+    return row
+
+
+async def _explain_refusal(
+    conn: AsyncConnection, now: datetime, request_id: uuid.UUID, actor: str,
+    *, own: bool | None,
+) -> errors.SignoffError:
+    """After a guarded statement matched nothing: say why, in the contract's order."""
+    row = await get_request(conn, request_id)
+    if own is False and row["requested_by"] == actor:
+        return errors.Forbidden("you may not decide your own request")
+    if own is True and row["requested_by"] != actor:
+        return errors.Forbidden("only the requester may do this")
+    if row["status"] != PENDING:
+        return errors.RequestNotPending(
+            f"the request is already {row['status']}", status=row["status"]
+        )
+    if row["expires_at"] <= now:
+        return errors.RequestNotPending("the request has expired", status="expired")
+    return errors.Conflict("the request changed; try again", status=row["status"])
+
+
+def _pending_guard(request_id: uuid.UUID, now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        requests.c.id == request_id, requests.c.status == PENDING, requests.c.expires_at > now
+    )
+
+
+async def approve_request(
+    conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
+    comment: str | None = None,
+) -> Row:
+    """Add ``actor``'s approval; the request becomes approved when the quorum is reached."""
+    reached = requests.c.approval_count + 1 >= requests.c.required_approvals
+
+    def when_reached(value: Any, otherwise: Any) -> Any:
+        return sa.case((reached, value), else_=otherwise)
+
+    row = (
+        await conn.execute(
+            requests.update()
+            .where(_pending_guard(request_id, now), requests.c.requested_by != actor)
+            .values(
+                approval_count=requests.c.approval_count + 1,
+                status=when_reached("approved", requests.c.status),
+                disposition=when_reached(Disposition.HUMAN_APPROVED.value,
+                                         requests.c.disposition),
+                decided_by=when_reached(actor, requests.c.decided_by),
+                decided_at=when_reached(sa.literal(now, requests.c.decided_at.type),
+                                        requests.c.decided_at),
+                decision_comment=when_reached(sa.literal(comment, sa.Text()),
+                                              requests.c.decision_comment),
+            )
+            .returning(*requests.c)
+        )
+    ).mappings().first()
+    if row is None:
+        raise await _explain_refusal(conn, now, request_id, actor, own=False)
+    vote = (
+        await conn.execute(
+            _insert(conn, approvals)
+            .values(request_id=request_id, approver=actor, at=now)
+            .on_conflict_do_nothing()
+            .returning(approvals.c.approver)
+        )
+    ).first()
+    if vote is None:
+        # Raising rolls back the count we just added: nothing half-written.
+        raise errors.AlreadyApproved(status=PENDING)
+    done = row["status"] == "approved"
+    await record_events(conn, [{
+        "at": now,
+        "kind": EventKind.REQUEST_APPROVED if done else EventKind.REQUEST_APPROVAL_ADDED,
+        "actor": actor, "request_id": request_id, "incident_id": row["incident_id"],
+        "from_status": PENDING, "to_status": row["status"],
+        "detail": {"approvals": row["approval_count"], "required": row["required_approvals"],
+                   **({"comment": comment} if comment else {})},
+    }])
+    return row
+
+
+async def _end_request(
+    conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
+    status: RequestStatus, kind: EventKind, comment: str | None, own: bool,
+    admin: bool = False,
+) -> Row:
+    guard = _pending_guard(request_id, now)
+    if own and not admin:
+        guard = sa.and_(guard, requests.c.requested_by == actor)
+    elif not own:
+        guard = sa.and_(guard, requests.c.requested_by != actor)
+    row = (
+        await conn.execute(
+            requests.update().where(guard).values(
+                status=status.value, disposition=_disposition(status), decided_by=actor,
+                decided_at=now, decision_comment=comment,
+            ).returning(*requests.c)
+        )
+    ).mappings().first()
+    if row is None:
+        raise await _explain_refusal(conn, now, request_id, actor, own=None if admin else own)
+    await record_events(conn, [{
+        "at": now, "kind": kind, "actor": actor, "request_id": request_id,
+        "incident_id": row["incident_id"], "from_status": PENDING, "to_status": status.value,
+        "detail": {"comment": comment} if comment else None,
+    }])
+    return row
+
+
+def _disposition(status: RequestStatus) -> str:
+    return {
+        RequestStatus.REJECTED: Disposition.HUMAN_REJECTED,
+        RequestStatus.CANCELLED: Disposition.CANCELLED,
+    }[status].value
+
+
+async def reject_request(
+    conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
+    comment: str | None = None,
+) -> Row:
+    """One reject ends the request, whatever approvals it already had."""
+    return await _end_request(
+        conn, now, request_id, actor=actor, status=RequestStatus.REJECTED,
+        kind=EventKind.REQUEST_REJECTED, comment=comment, own=False,
+    )
+
+
+async def cancel_request(
+    conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
+    admin: bool = False,
+) -> Row:
+    """Withdraw a pending request; only its requester (or an admin) may."""
+    return await _end_request(
+        conn, now, request_id, actor=actor, status=RequestStatus.CANCELLED,
+        kind=EventKind.REQUEST_CANCELLED, comment=None, own=True, admin=admin,
+    )
+
+
+async def report_outcome(
+    conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
+    succeeded: bool, detail: str | None = None, admin: bool = False,
+) -> Row:
+    """Record what happened when an approved action ran; success resolves its incident."""
+    guard = sa.and_(
+        requests.c.id == request_id, requests.c.status == "approved",
+        requests.c.outcome_at.is_(None),
+    )
+    if not admin:
+        guard = sa.and_(guard, requests.c.requested_by == actor)
+    row = (
+        await conn.execute(
+            requests.update().where(guard)
+            .values(outcome_succeeded=succeeded, outcome_detail=detail, outcome_at=now)
+            .returning(*requests.c)
+        )
+    ).mappings().first()
+    if row is None:
+        current = await get_request(conn, request_id)
+        if not admin and current["requested_by"] != actor:
+            raise errors.Forbidden("only the requester may report the outcome")
+        if current["status"] != "approved":
+            status = "expired" if (
+                current["status"] == PENDING and current["expires_at"] <= now
+            ) else current["status"]
+            raise errors.RequestNotPending(
+                f"only an approved request has an outcome; this one is {status}", status=status
+            )
+        raise errors.OutcomeAlreadyReported(status=current["status"])
+    await record_events(conn, [{
+        "at": now, "kind": EventKind.REQUEST_OUTCOME, "actor": actor, "request_id": request_id,
+        "incident_id": row["incident_id"], "from_status": "approved", "to_status": "approved",
+        "detail": {"succeeded": succeeded, **({"detail": detail} if detail else {})},
+    }])
+    if succeeded and row["incident_id"] is not None:
+        await close_incidents(
+            conn, now, [row["incident_id"]], resolution_type=ResolutionType.ACTION,
+            disposition=Disposition(row["disposition"]), actor=actor,
+        )
+    return row
+
+
+# -- expiry ---------------------------------------------------------------------------
+
+
+@dataclass
+class ExpiryBatch:
+    """What one resolver batch did."""
+
+    expired: list[Row] = field(default_factory=list)
+    incidents_resolved: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.expired)
+
+
+async def expire_due_requests(
+    conn: AsyncConnection,
+    now: datetime,
+    *,
+    limit: int,
+    only: Sequence[uuid.UUID] | None = None,
+    exclude: Sequence[uuid.UUID] = (),
+) -> ExpiryBatch:
+    """Expire up to ``limit`` due requests and close the incidents left idle: one batch.
+
+    On PostgreSQL the batch is claimed with a materialised CTE ``FOR UPDATE SKIP LOCKED``,
+    so replicas take disjoint rows and never wait on a row a human is deciding.
+    """
+    due = sa.and_(requests.c.status == PENDING, requests.c.expires_at <= now)
+    if only is not None:
+        due = sa.and_(due, requests.c.id.in_(list(only)))
+    if exclude:
+        due = sa.and_(due, requests.c.id.notin_(list(exclude)))
+    values = {
+        "status": RequestStatus.EXPIRED.value,
+        "disposition": Disposition.TIMEOUT_IGNORED.value,
+        "decided_by": TIMEOUT_ACTOR,
+        "decided_at": now,
+    }
+    returning = (requests.c.id, requests.c.incident_id, requests.c.expires_at)
+    claim = sa.select(requests.c.id).where(due).order_by(requests.c.expires_at).limit(limit)
+    if conn.dialect.name == "postgresql":
+        cte = claim.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+        stmt = requests.update().where(requests.c.id == cte.c.id)
+    else:  # SQLite: one writer at a time (BEGIN IMMEDIATE), nothing to skip
+        stmt = requests.update().where(requests.c.id.in_(claim.scalar_subquery()))
+    expired = (await conn.execute(stmt.values(**values).returning(*returning))).mappings().all()
+    batch = ExpiryBatch(expired=list(expired))
+    if not expired:
+        return batch
+    await record_events(conn, [
+        {"at": now, "kind": EventKind.REQUEST_EXPIRED, "actor": TIMEOUT_ACTOR,
+         "request_id": r["id"], "incident_id": r["incident_id"], "from_status": PENDING,
+         "to_status": RequestStatus.EXPIRED.value,
+         "detail": {"lateness_seconds": round((now - r["expires_at"]).total_seconds(), 6)}}
+        for r in expired
+    ])
+    incident_ids = {r["incident_id"] for r in expired if r["incident_id"] is not None}
+    closed = await close_incidents(
+        conn, now, incident_ids, resolution_type=ResolutionType.TIMEOUT,
+        disposition=Disposition.TIMEOUT_IGNORED, actor=TIMEOUT_ACTOR, only_if_idle=True,
+    )
+    batch.incidents_resolved = len(closed)
+    return batch
+
+
+async def next_deadline(conn: AsyncConnection) -> datetime | None:
+    """The earliest deadline among pending requests (served by the partial index)."""
+    value = (
+        await conn.execute(
+            sa.select(sa.func.min(requests.c.expires_at)).where(requests.c.status == PENDING)
+        )
+    ).scalar()
+    assert value is None or isinstance(value, datetime)
+    return value

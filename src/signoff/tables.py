@@ -1,0 +1,192 @@
+"""Table definitions (SQLAlchemy Core), one schema for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """An aware UTC instant: ``timestamptz`` on PostgreSQL, a sortable text on SQLite.
+
+    Naive datetimes are refused: every instant in signoff carries its offset.
+    SQLite keeps microseconds in a fixed-width text, so comparisons in SQL stay correct.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime refused: {value!r} (give a UTC offset)")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQLite text, e.g. from an aggregate
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Index(None, "name"),
+)
+
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("fingerprint", sa.Text(), nullable=True),
+    sa.Column("source", sa.Text(), nullable=True),
+    sa.Column("title", sa.Text(), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("service", sa.Text(), nullable=True),
+    sa.Column("labels", JSONType, nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("opened_by", sa.Text(), nullable=True),
+    sa.Column("opened_at", UTCDateTime(), nullable=False),
+    sa.Column("resolved_at", UTCDateTime(), nullable=True),
+    sa.Column("resolution_type", sa.String(32), nullable=True),
+    sa.Column("disposition", sa.String(32), nullable=True),
+    sa.Column("resolved_by", sa.Text(), nullable=True),
+    sa.Column("resolution_note", sa.Text(), nullable=True),
+    # At most one open incident per fingerprint: the dedupe of POST /incidents.
+    sa.Index(
+        "uq_incidents_open_fingerprint",
+        "fingerprint",
+        unique=True,
+        postgresql_where=sa.text("status = 'open' AND fingerprint IS NOT NULL"),
+        sqlite_where=sa.text("status = 'open' AND fingerprint IS NOT NULL"),
+    ),
+    sa.Index(None, "opened_at", "id"),
+    sa.Index(None, "status", "opened_at"),
+    sa.Index(None, "service", "opened_at"),
+)
+
+requests = sa.Table(
+    "approval_requests",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("incident_id", sa.Uuid(), sa.ForeignKey("incidents.id"), nullable=True),
+    sa.Column("action", sa.Text(), nullable=False),
+    sa.Column("params", JSONType, nullable=False),
+    sa.Column("risk", sa.String(16), nullable=False),
+    sa.Column("rationale", sa.Text(), nullable=True),
+    sa.Column("requested_by", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("disposition", sa.String(32), nullable=True),
+    sa.Column("required_approvals", sa.Integer(), nullable=False),
+    sa.Column("approval_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("decided_by", sa.Text(), nullable=True),
+    sa.Column("decision_comment", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("decided_at", UTCDateTime(), nullable=True),
+    sa.Column("outcome_succeeded", sa.Boolean(), nullable=True),
+    sa.Column("outcome_detail", sa.Text(), nullable=True),
+    sa.Column("outcome_at", UTCDateTime(), nullable=True),
+    sa.Column("callback_url", sa.Text(), nullable=True),
+    sa.Column("idempotency_key", sa.Text(), nullable=True),
+    sa.Column("idempotency_digest", sa.String(64), nullable=True),
+    sa.CheckConstraint("required_approvals >= 1", name="required_approvals_positive"),
+    # The resolver's only read path: pending requests by deadline.
+    sa.Index(
+        "ix_approval_requests_pending_deadline",
+        "expires_at",
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
+    ),
+    sa.Index(
+        "uq_approval_requests_idempotency",
+        "requested_by",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+    ),
+    sa.Index(None, "incident_id", "status"),
+    sa.Index(None, "created_at", "id"),
+    sa.Index(None, "status", "created_at"),
+    sa.Index(None, "decided_at"),
+)
+
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("request_id", sa.Uuid(), sa.ForeignKey("approval_requests.id"), primary_key=True),
+    sa.Column("approver", sa.Text(), primary_key=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("actor", sa.Text(), nullable=False),
+    sa.Column("request_id", sa.Uuid(), sa.ForeignKey("approval_requests.id"), nullable=True),
+    sa.Column("incident_id", sa.Uuid(), sa.ForeignKey("incidents.id"), nullable=True),
+    sa.Column("from_status", sa.String(16), nullable=True),
+    sa.Column("to_status", sa.String(16), nullable=True),
+    sa.Column("detail", JSONType, nullable=True),
+    sa.Index(None, "request_id", "id"),
+    sa.Index(None, "incident_id", "id"),
+)
+
+knowledge = sa.Table(
+    "knowledge_entries",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    # Exactly one entry per incident resolution: the constraint makes a second one fail.
+    sa.Column(
+        "incident_id", sa.Uuid(), sa.ForeignKey("incidents.id"), nullable=False, unique=True
+    ),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("service", sa.Text(), nullable=True),
+    sa.Column("fingerprint", sa.Text(), nullable=True),
+    sa.Column("title", sa.Text(), nullable=False),
+    sa.Column("resolution_type", sa.String(32), nullable=False),
+    sa.Column("disposition", sa.String(32), nullable=True),
+    sa.Column("actions", JSONType, nullable=False),
+    sa.Column("summary", sa.Text(), nullable=False),
+    sa.Index(None, "created_at", "id"),
+    sa.Index(None, "service", "created_at"),
+    sa.Index(None, "fingerprint", "created_at"),
+)
