@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Anything longer is a typo, and ``now + duration`` must stay a valid datetime.
+_LONGEST = timedelta(days=3650)
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -33,8 +35,10 @@ def parse_duration(value: Any) -> timedelta:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
     else:
         raise ValueError(f"{value!r} is not a duration")
-    if seconds <= 0:
+    if not seconds > 0:  # also refuses NaN
         raise ValueError(f"a duration must be positive, got {value!r}")
+    if seconds > _LONGEST.total_seconds():
+        raise ValueError(f"{value!r} is too long; a duration may be at most {_LONGEST.days}d")
     return timedelta(seconds=seconds)
 
 
