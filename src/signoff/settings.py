@@ -91,7 +91,9 @@ class Settings(BaseSettings):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Taipei)") from exc
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name like Asia/Taipei)"
+            ) from exc
         return value
 
     @field_validator("log_level")

@@ -28,9 +28,9 @@ def test_statuses_match_the_contract() -> None:
     assert {s.value for s in RequestStatus} == {
         "pending", "approved", "rejected", "expired", "cancelled"
     }
-    assert TERMINAL == set(RequestStatus) - {RequestStatus.PENDING}
+    assert set(RequestStatus) - {RequestStatus.PENDING} == TERMINAL
     assert RequestStatus.PENDING not in TERMINAL
-    assert LIVE == {RequestStatus.PENDING}
+    assert {RequestStatus.PENDING} == LIVE
 
 
 def test_dispositions_match_the_contract() -> None:
