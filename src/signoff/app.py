@@ -1,0 +1,99 @@
+"""The application factory: settings in, a FastAPI app with the resolver beside it out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from signoff import __version__
+from signoff.api import router
+from signoff.db import Database
+from signoff.http import BodyLimit, TokenCache, install_error_handlers
+from signoff.logs import get_logger
+from signoff.metrics import Metrics
+from signoff.settings import Settings
+
+log = get_logger("signoff.app")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    metrics: Metrics | None = None,
+    run_resolver: bool = True,
+) -> FastAPI:
+    """Build the app. The resolver runs inside it unless ``run_resolver`` is false."""
+    database = db or Database.from_settings(settings)
+    meters = metrics or Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task: asyncio.Task[Any] | None = None
+        if run_resolver:
+            from signoff.resolver import Resolver
+
+            resolver = Resolver(database, settings, meters, listen_url=_listen_url(settings))
+            app.state.resolver = resolver
+            task = asyncio.create_task(resolver.run(stop), name="signoff-resolver")
+        log.info("serve_started", host=settings.host, port=settings.port,
+                 database=database.engine.dialect.name, resolver=run_resolver)
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if db is None:
+                await database.dispose()
+
+    app = FastAPI(
+        title="signoff",
+        version=__version__,
+        description="A human sign-off gate in front of automated incident remediation.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = database
+    app.state.metrics = meters
+    app.state.resolver = None
+    app.state.tokens = TokenCache()
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodyLimit)
+
+    @app.middleware("http")
+    async def count_http(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        meters.http_requests.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics_text() -> Response:
+        """Prometheus text exposition."""
+        return Response(generate_latest(meters.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _listen_url(settings: Settings) -> str | None:
+    """The plain PostgreSQL URL the resolver's LISTEN connection uses (None on SQLite)."""
+    if not settings.is_postgres:
+        return None
+    return "postgresql://" + settings.async_database_url.split("://", 1)[1]

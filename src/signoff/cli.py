@@ -1,0 +1,189 @@
+"""The ``signoff`` command: serve, migrate, make tokens, run the resolver alone."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from signoff import store
+from signoff.db import Database
+from signoff.lifecycle import Role
+from signoff.logs import configure_logging
+from signoff.migrate import upgrade
+from signoff.settings import Settings
+
+T = TypeVar("T")
+app = typer.Typer(
+    help="signoff: a human sign-off gate in front of automated incident remediation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+err = Console(stderr=True)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None, typer.Option(help="Overrides SIGNOFF_DATABASE_URL.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="Overrides SIGNOFF_LOG_LEVEL.")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="auto, json or console; overrides SIGNOFF_LOG_FORMAT.")
+    ] = None,
+) -> None:
+    """Settings come from SIGNOFF_* variables; a flag overrides its variable."""
+    ctx.obj = {"database_url": database_url, "log_level": log_level, "log_format": log_format}
+
+
+def load_settings(ctx: typer.Context, **overrides: Any) -> Settings:
+    """Validate settings once, at start; a bad value is a clear message and exit code 2."""
+    given = {k: v for k, v in {**(ctx.obj or {}), **overrides}.items() if v is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        err.print("[bold red]signoff: invalid configuration[/]")
+        for e in exc.errors():
+            field = ".".join(str(p) for p in e["loc"]) or "settings"
+            err.print(f"  SIGNOFF_{field.upper()}: {e['msg']}")
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(factory())
+
+
+async def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    db = Database.from_settings(settings)
+    try:
+        return await work(db)
+    finally:
+        await db.dispose()
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Overrides SIGNOFF_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides SIGNOFF_PORT.")] = None,
+) -> None:
+    """Migrate the database, then serve the HTTP API with the resolver running."""
+    import uvicorn
+
+    from signoff.app import create_app
+
+    settings = load_settings(ctx, host=host, port=port)
+
+    async def go() -> None:
+        db = Database.from_settings(settings)
+        try:
+            await upgrade(db)
+            app_ = create_app(settings, db=db)
+            config = uvicorn.Config(
+                app_, host=settings.host, port=settings.port, log_config=None,
+                access_log=False, lifespan="on",
+            )
+            await uvicorn.Server(config).serve()
+        finally:
+            await db.dispose()
+
+    run_async(go)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    settings = load_settings(ctx)
+    run_async(lambda: _with_db(settings, lambda db: upgrade(db, revision)))
+    err.print(f"database at {revision}")
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The principal: shown as requested_by/decided_by.")],
+    role: Annotated[Role, typer.Option(help="requester, approver, viewer or admin.")],
+) -> None:
+    """Create an API token and print it (shown only this once) as the last line."""
+    if not name.strip() or len(name) > 200:
+        err.print("[red]NAME must be 1 to 200 characters[/]")
+        raise typer.Exit(2)
+    settings = load_settings(ctx)
+
+    async def work(db: Database) -> str:
+        await upgrade(db)
+        return await db.run(lambda conn, now: store.create_token(conn, now, name, role))
+
+    secret = run_async(lambda: _with_db(settings, work))
+    err.print(f"token for [bold]{name}[/] ({role.value}); it is stored hashed, keep it now:")
+    print(secret, flush=True)
+
+
+@app.command()
+def resolve(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Drain what is due, then exit.")] = False,
+) -> None:
+    """Run the resolver alone: expire due requests and close their incidents."""
+    from signoff.app import _listen_url
+    from signoff.metrics import Metrics
+    from signoff.resolver import Resolver
+
+    settings = load_settings(ctx)
+
+    async def work(db: Database) -> None:
+        await upgrade(db)
+        resolver = Resolver(db, settings, Metrics(), listen_url=_listen_url(settings))
+        if once:
+            result = await _drain_with_progress(resolver)
+            err.print(
+                f"expired {result.expired}, incidents resolved {result.incidents_resolved}, "
+                f"errors {result.errors}"
+            )
+            if result.errors:
+                raise typer.Exit(1)
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await resolver.run(stop)
+
+    run_async(lambda: _with_db(settings, work))
+
+
+async def _drain_with_progress(resolver: Any) -> Any:
+    """One pass; with a progress bar when a person is watching a large backlog."""
+    if not sys.stderr.isatty():
+        return await resolver.run_pass()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    total = await resolver.count_due()
+    if total < 1000:
+        return await resolver.run_pass()
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=err,
+    ) as progress:
+        task = progress.add_task("expiring", total=total)
+        return await resolver.run_pass(on_batch=lambda n: progress.advance(task, n))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,215 @@
+"""The HTTP edge: authentication, body parsing, the error format, size limits.
+
+Domain errors become HTTP answers here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from signoff import errors, store
+from signoff.db import Database
+from signoff.lifecycle import Role, role_allows
+from signoff.logs import get_logger
+
+log = get_logger("signoff.http")
+M = TypeVar("M", bound=BaseModel)
+MAX_BODY = 1024 * 1024
+_TOKEN_CACHE_SECONDS = 10.0
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def error_response(exc: errors.SignoffError) -> JSONResponse:
+    extra = {"status": exc.status} if exc.status is not None else {}
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return JSONResponse(
+        error_body(exc.code, exc.message, **extra), status_code=exc.http_status, headers=headers
+    )
+
+
+def describe_validation(errs: list[Any]) -> str:
+    """One readable sentence from pydantic's error list."""
+    parts = []
+    for err in errs[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "; ".join(parts) or "invalid input"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.SignoffError)
+    async def _domain(_: Request, exc: errors.SignoffError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        return JSONResponse(
+            error_body("invalid", describe_validation(errs), details=errs), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        return JSONResponse(
+            error_body(codes.get(exc.status_code, "error"), str(exc.detail)),
+            status_code=exc.status_code,
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database_unavailable", error=str(exc.orig))
+        return JSONResponse(
+            error_body("unavailable", "the database is unavailable; try again"),
+            status_code=503, headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _dbapi(_: Request, exc: DBAPIError) -> JSONResponse:
+        log.error("database_error", error=str(exc.orig))
+        return JSONResponse(
+            error_body("unavailable", "the database refused the operation; try again"),
+            status_code=503, headers={"Retry-After": "1"},
+        )
+
+
+class BodyLimit:
+    """Refuse bodies over 1 MiB with 413, whether or not they announce their length."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    @staticmethod
+    async def _refuse(send: Send) -> None:
+        body = json.dumps(error_body("too_large", "the body is larger than 1 MiB")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+# -- authentication -------------------------------------------------------------------
+
+
+class TokenCache:
+    """Recently seen tokens, so that a busy client does not cost a query per call."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, store.Principal]] = {}
+
+    async def principal(self, db: Database, secret: str) -> store.Principal | None:
+        digest = store.hash_token(secret)
+        hit = self._seen.get(digest)
+        if hit is not None and time.monotonic() - hit[0] < _TOKEN_CACHE_SECONDS:
+            return hit[1]
+        async with db.begin(readonly=True) as conn:
+            found = await store.authenticate(conn, secret)
+        if found is not None:
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[digest] = (time.monotonic(), found)
+        return found
+
+
+def require(role: Role) -> Callable[[Request], Awaitable[store.Principal]]:
+    """A dependency: the caller's principal, if its token grants ``role``."""
+
+    async def dependency(request: Request) -> store.Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise errors.Unauthenticated()
+        found = await request.app.state.tokens.principal(request.app.state.db, secret.strip())
+        if found is None:
+            raise errors.Unauthenticated("the bearer token is not valid")
+        if not role_allows(found.role, role):
+            raise errors.Forbidden(f"this needs the {role.value} role; the token is {found.role}")
+        return found
+
+    return dependency
+
+
+# -- parsing --------------------------------------------------------------------------
+
+
+def parse_id(value: str, missing: type[errors.NotFound]) -> uuid.UUID:
+    """An id in a path: anything that is not a UUID names nothing (404)."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise missing() from None
+
+
+def parse_filter_id(value: str | None, name: str) -> uuid.UUID | None:
+    """An id in a query filter: a malformed one is a bad filter value (422)."""
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise errors.InvalidInput(f"{name}: not a UUID") from None
+
+
+async def read_body(request: Request, model: type[M]) -> M | errors.InvalidInput:
+    """The body as ``model``, or the error to raise once who/what/state have been checked."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return errors.InvalidInput("the body is not valid JSON")
+    if not isinstance(data, dict):
+        return errors.InvalidInput("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        return errors.InvalidInput(describe_validation(list(exc.errors())))
+
+
+def body_or_raise(parsed: M | errors.InvalidInput) -> M:
+    if isinstance(parsed, errors.InvalidInput):
+        raise parsed
+    return parsed
