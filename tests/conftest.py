@@ -92,19 +92,23 @@ async def _truncate(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
     """A clean, migrated database URL: SQLite file or PostgreSQL, one test each."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/signoff.db"
-        db = Database.from_settings(Settings(database_url=url))
-        try:
-            await upgrade(db)
-        finally:
-            await db.dispose()
+
+        async def migrate() -> None:
+            db = Database.from_settings(Settings(database_url=url))
+            try:
+                await upgrade(db)
+            finally:
+                await db.dispose()
+
+        asyncio.run(migrate())
         return url
-    url: str = request.getfixturevalue("postgres_url")
-    await _truncate(url)
-    return url
+    pg: str = request.getfixturevalue("postgres_url")
+    asyncio.run(_truncate(pg))
+    return pg
 
 
 @pytest.fixture
