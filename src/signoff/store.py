@@ -427,37 +427,41 @@ async def approve_request(
     def when_reached(value: Any, otherwise: Any) -> Any:
         return sa.case((reached, value), else_=otherwise)
 
-    row = (
-        await conn.execute(
-            requests.update()
-            .where(_pending_guard(request_id, now), requests.c.requested_by != actor)
-            .values(
-                approval_count=requests.c.approval_count + 1,
-                status=when_reached("approved", requests.c.status),
-                disposition=when_reached(Disposition.HUMAN_APPROVED.value,
-                                         requests.c.disposition),
-                decided_by=when_reached(actor, requests.c.decided_by),
-                decided_at=when_reached(sa.literal(now, requests.c.decided_at.type),
-                                        requests.c.decided_at),
-                decision_comment=when_reached(sa.literal(comment, sa.Text()),
-                                              requests.c.decision_comment),
+    # The count goes up before the vote is known to be new (a concurrent vote of the same
+    # approver is only seen by the insert). The savepoint takes the count back, so that a
+    # refusal leaves nothing behind even in a transaction that goes on and commits.
+    async with conn.begin_nested():
+        row = (
+            await conn.execute(
+                requests.update()
+                .where(_pending_guard(request_id, now), requests.c.requested_by != actor)
+                .values(
+                    approval_count=requests.c.approval_count + 1,
+                    status=when_reached("approved", requests.c.status),
+                    disposition=when_reached(Disposition.HUMAN_APPROVED.value,
+                                             requests.c.disposition),
+                    decided_by=when_reached(actor, requests.c.decided_by),
+                    decided_at=when_reached(sa.literal(now, requests.c.decided_at.type),
+                                            requests.c.decided_at),
+                    decision_comment=when_reached(sa.literal(comment, sa.Text()),
+                                                  requests.c.decision_comment),
+                )
+                .returning(*requests.c)
             )
-            .returning(*requests.c)
-        )
-    ).mappings().first()
+        ).mappings().first()
+        if row is not None:
+            vote = (
+                await conn.execute(
+                    _insert(conn, approvals)
+                    .values(request_id=request_id, approver=actor, at=now)
+                    .on_conflict_do_nothing()
+                    .returning(approvals.c.approver)
+                )
+            ).first()
+            if vote is None:
+                raise errors.AlreadyApproved(status=PENDING)
     if row is None:
         raise await _explain_refusal(conn, now, request_id, actor, own=False)
-    vote = (
-        await conn.execute(
-            _insert(conn, approvals)
-            .values(request_id=request_id, approver=actor, at=now)
-            .on_conflict_do_nothing()
-            .returning(approvals.c.approver)
-        )
-    ).first()
-    if vote is None:
-        # Raising rolls back the count we just added: nothing half-written.
-        raise errors.AlreadyApproved(status=PENDING)
     done = row["status"] == "approved"
     await record_events(conn, [{
         "at": now,
