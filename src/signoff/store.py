@@ -640,12 +640,51 @@ async def expire_due_requests(
     return batch
 
 
-async def next_deadline(conn: AsyncConnection) -> datetime | None:
-    """The earliest deadline among pending requests (served by the partial index)."""
-    value = (
-        await conn.execute(
-            sa.select(sa.func.min(requests.c.expires_at)).where(requests.c.status == PENDING)
-        )
-    ).scalar()
+async def next_deadline(
+    conn: AsyncConnection, *, exclude: Sequence[uuid.UUID] = ()
+) -> datetime | None:
+    """The earliest deadline among pending requests (served by the partial index).
+
+    ``exclude`` leaves out rows the resolver has set aside, so that one row it cannot
+    expire does not make it wake again and again for a deadline already past.
+    """
+    where = requests.c.status == PENDING
+    if exclude:
+        where = sa.and_(where, requests.c.id.notin_(list(exclude)))
+    stmt = sa.select(sa.func.min(requests.c.expires_at)).where(where)
+    value = (await conn.execute(stmt)).scalar()
     assert value is None or isinstance(value, datetime)
     return value
+
+
+async def due_request_ids(
+    conn: AsyncConnection, now: datetime, *, limit: int, exclude: Sequence[uuid.UUID] = ()
+) -> list[uuid.UUID]:
+    """The ids a batch of ``expire_due_requests`` would claim, oldest deadline first."""
+    where = sa.and_(requests.c.status == PENDING, requests.c.expires_at <= now)
+    if exclude:
+        where = sa.and_(where, requests.c.id.notin_(list(exclude)))
+    stmt = sa.select(requests.c.id).where(where).order_by(requests.c.expires_at).limit(limit)
+    return list((await conn.execute(stmt)).scalars().all())
+
+
+async def count_due_requests(conn: AsyncConnection, now: datetime) -> int:
+    """How many pending requests are past their deadline: the backlog a pass will drain."""
+    stmt = sa.select(sa.func.count()).select_from(requests).where(
+        requests.c.status == PENDING, requests.c.expires_at <= now
+    )
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+async def pending_overview(conn: AsyncConnection) -> tuple[int, datetime | None]:
+    """How many requests are pending, and the earliest deadline among them (one index scan)."""
+    row = (
+        await conn.execute(
+            sa.select(sa.func.count(), sa.func.min(requests.c.expires_at))
+            .select_from(requests)
+            .where(requests.c.status == PENDING)
+        )
+    ).one()
+    earliest = row[1]
+    assert earliest is None or isinstance(earliest, datetime)
+    return int(row[0]), earliest

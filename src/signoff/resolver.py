@@ -1,0 +1,431 @@
+"""The resolver: expires due requests on time, in batches, and never stops for one bad row.
+
+It sleeps until the earliest pending deadline (or the backstop, whichever is sooner) and
+is woken early by ``wake()`` in-process, and across replicas by PostgreSQL
+``LISTEN signoff_deadlines``. Each pass drains every due request in batches, each batch
+one transaction; there is no claimed state, no lease and no leader, so a crash is just a
+rollback and any number of replicas share the work through ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from signoff import store
+from signoff.db import Database
+from signoff.lifecycle import Disposition, ResolutionType
+from signoff.logs import get_logger
+from signoff.metrics import Metrics
+from signoff.settings import Settings, normalise_database_url
+
+BatchHook = Callable[[int], None]
+"""Called after each batch with the number of requests it expired (drives a progress bar)."""
+
+# A wake-up a little after the deadline finds the row due at once; one a little before
+# it would cost an empty pass and a second sleep.
+_SLACK = 0.002
+# Due rows this process could not take are held by another replica: look again soon,
+# without spinning on them.
+_CONTENDED_DELAY = 0.05
+# Gauges need a count over every pending row: refreshed at most this often.
+_GAUGE_INTERVAL = 1.0
+# A quarantine that grows without bound is no longer "one bad row": stop adding to it.
+_QUARANTINE_LIMIT = 1000
+_LISTEN_KEEPALIVE = 15.0
+
+# SQLSTATE classes and codes that mean the server, not the row, is the problem.
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unreachable (as opposed to a bad row)."""
+    if isinstance(exc, OSError | TimeoutError | InterfaceError | OperationalError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        for candidate in (orig, getattr(orig, "__cause__", None)):
+            code = getattr(candidate, "sqlstate", None)
+            if isinstance(code, str) and code.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+                return True
+            if isinstance(candidate, OSError | asyncpg.exceptions.ConnectionDoesNotExistError):
+                return True
+    return False
+
+
+@dataclass
+class PassResult:
+    """What one pass did. Lateness is ``decided_at - expires_at``, in seconds.
+
+    ``errors`` counts requests that could not be expired (each is then set aside); a
+    failed batch whose rows then expire one by one is not an error of the pass.
+    """
+
+    expired: int = 0
+    incidents_resolved: int = 0
+    errors: int = 0
+    batches: int = 0
+    lateness_max: float = 0.0
+    lateness_total: float = 0.0
+    duration: float = 0.0
+
+    @property
+    def lateness_mean(self) -> float:
+        return self.lateness_total / self.expired if self.expired else 0.0
+
+
+class _Backoff:
+    """Exponential backoff with a cap, reset after a success."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        delay, self.current = self.current, min(self.current * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Resolver:
+    """Expires due requests: ``run_pass()`` drains once, ``run()`` is the timer-gated loop."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        listen_url: str | None = None,
+        listen: bool = True,
+    ) -> None:
+        self.db = db
+        self.metrics = metrics
+        self.batch_size = settings.resolver_batch_size
+        self.backstop = settings.resolver_backstop.total_seconds()
+        # LISTEN needs its own connection outside the pool; by default to the same database.
+        if listen_url is None and listen and db.is_postgres:
+            listen_url = settings.database_url
+        self.listen_dsn = (
+            None if listen_url is None
+            else normalise_database_url(listen_url).replace("postgresql+asyncpg://",
+                                                            "postgresql://", 1)
+        )
+        # Requests that failed even alone: excluded from batch claims, retried each pass.
+        self.quarantine: set[uuid.UUID] = set()
+        self.listening = False
+        self._log = get_logger("signoff.resolver")
+        self._wake = asyncio.Event()
+        self._sleeping_until: datetime | None = None
+        self._last_now: datetime | None = None
+        self._gauges_at = float("-inf")
+
+    # -- one pass -------------------------------------------------------------------------
+
+    async def count_due(self) -> int:
+        """How many pending requests are past their deadline now: the backlog a pass drains.
+
+        Counted before a large drain so that a progress bar has a total.
+        """
+
+        async def read(conn: AsyncConnection, now: datetime) -> int:
+            return await store.count_due_requests(conn, now)
+
+        return await self.db.run(read, readonly=True)
+
+    async def run_pass(self, *, on_batch: BatchHook | None = None) -> PassResult:
+        """Drain every due request: batches, each its own transaction, until one is short.
+
+        Raises only when the database is unavailable; a failing batch is retried row by
+        row and a row that still fails is set aside (see ``quarantine``).
+        """
+        started = time.perf_counter()
+        result = PassResult()
+        debug = self._log.is_enabled_for(logging.DEBUG)
+        try:
+            await self._retry_quarantined(result, debug)
+            while True:
+                before = result.expired
+                claimed = await self._run_batch(result, debug)
+                if on_batch is not None:
+                    on_batch(result.expired - before)
+                if claimed < self.batch_size:
+                    break
+            await self._refresh_gauges()
+        finally:
+            result.duration = time.perf_counter() - started
+            self.metrics.resolver_passes.inc()
+            log = self._log.info if result.expired or result.errors else self._log.debug
+            log(
+                "resolver_pass", expired=result.expired,
+                incidents_resolved=result.incidents_resolved, errors=result.errors,
+                batches=result.batches, quarantined=len(self.quarantine),
+                lateness_max_seconds=round(result.lateness_max, 6),
+                lateness_mean_seconds=round(result.lateness_mean, 6),
+                duration_seconds=round(result.duration, 6),
+            )
+        return result
+
+    async def _expire(
+        self, *, only: list[uuid.UUID] | None = None, exclude: list[uuid.UUID] | None = None
+    ) -> tuple[store.ExpiryBatch, datetime]:
+        limit = self.batch_size if only is None else len(only)
+
+        async def work(conn: AsyncConnection, now: datetime) -> tuple[store.ExpiryBatch, datetime]:
+            batch = await store.expire_due_requests(
+                conn, now, limit=limit, only=only, exclude=exclude or ()
+            )
+            return batch, now
+
+        return await self.db.run(work)
+
+    async def _run_batch(self, result: PassResult, debug: bool) -> int:
+        """One batch; on failure, the same rows one by one. Returns how many were claimed."""
+        exclude = sorted(self.quarantine)
+        try:
+            batch, now = await self._expire(exclude=exclude)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
+            self.metrics.resolver_errors.inc()
+            self._log.warning("resolver_batch_failed", error=repr(exc))
+            return await self._isolate(result, debug, exclude)
+        self._record(batch, now, result, debug)
+        return batch.count
+
+    async def _isolate(self, result: PassResult, debug: bool, exclude: list[uuid.UUID]) -> int:
+        """Expire the failed batch's rows one per transaction, so one bad row stops nothing."""
+
+        async def read(conn: AsyncConnection, now: datetime) -> list[uuid.UUID]:
+            return await store.due_request_ids(conn, now, limit=self.batch_size, exclude=exclude)
+
+        ids = await self.db.run(read, readonly=True)
+        for request_id in ids:
+            await self._expire_alone(request_id, result, debug, retry=False)
+        return len(ids)
+
+    async def _retry_quarantined(self, result: PassResult, debug: bool) -> None:
+        for request_id in sorted(self.quarantine):
+            await self._expire_alone(request_id, result, debug, retry=True)
+
+    async def _expire_alone(
+        self, request_id: uuid.UUID, result: PassResult, debug: bool, *, retry: bool
+    ) -> None:
+        try:
+            batch, now = await self._expire(only=[request_id])
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
+            result.errors += 1
+            self.metrics.resolver_errors.inc()
+            if retry:
+                self._log.warning("resolver_row_failed", request_id=str(request_id),
+                                  error=repr(exc), retry=True)
+            else:
+                self._log.error("resolver_row_failed", request_id=str(request_id),
+                                error=repr(exc), exc_info=exc)
+                if len(self.quarantine) >= _QUARANTINE_LIMIT:
+                    # Hundreds of rows failing alone is a fault of the code or the schema,
+                    # not of rows: say so loudly instead of hiding them all.
+                    raise
+                self.quarantine.add(request_id)
+            return
+        # Expired now, or no longer pending (decided, or resolved with its incident).
+        self.quarantine.discard(request_id)
+        self._record(batch, now, result, debug)
+
+    def _record(
+        self, batch: store.ExpiryBatch, now: datetime, result: PassResult, debug: bool
+    ) -> None:
+        self._last_now = now
+        result.batches += 1
+        if not batch.expired:
+            return
+        result.expired += batch.count
+        result.incidents_resolved += batch.incidents_resolved
+        observe = self.metrics.expiry_lateness.observe
+        late_max, late_total = result.lateness_max, 0.0
+        for row in batch.expired:
+            late = (now - row["expires_at"]).total_seconds()
+            observe(late)
+            late_total += late
+            late_max = max(late_max, late)
+            if debug:  # checked once per batch: 100k rows must not pay for silent logs
+                self._log.debug("request_expired", request_id=str(row["id"]),
+                                incident_id=row["incident_id"] and str(row["incident_id"]),
+                                lateness_seconds=round(late, 6))
+        result.lateness_max, result.lateness_total = late_max, result.lateness_total + late_total
+        self.metrics.requests_expired.inc(batch.count)
+        self.metrics.requests_decided.labels(
+            disposition=Disposition.TIMEOUT_IGNORED.value).inc(batch.count)
+        if batch.incidents_resolved:
+            self.metrics.incidents_resolved.labels(
+                resolution_type=ResolutionType.TIMEOUT.value).inc(batch.incidents_resolved)
+
+    async def _refresh_gauges(self, *, force: bool = False) -> None:
+        if not force and time.monotonic() - self._gauges_at < _GAUGE_INTERVAL:
+            return
+
+        async def read(conn: AsyncConnection, now: datetime) -> tuple[int, float]:
+            count, earliest = await store.pending_overview(conn)
+            overdue = 0.0 if earliest is None else max(0.0, (now - earliest).total_seconds())
+            return count, overdue
+
+        count, overdue = await self.db.run(read, readonly=True)
+        self.metrics.pending.set(count)
+        self.metrics.oldest_overdue.set(overdue)
+        self._gauges_at = time.monotonic()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def wake(self, deadline: datetime | None = None) -> None:
+        """Run a pass now if ``deadline`` (or, without one, anything) is earlier than planned.
+
+        Safe to call from any coroutine on the resolver's event loop, e.g. by the API after
+        it commits a new request. Between two sleeps every call counts, so a request
+        committed while a pass runs is never missed.
+        """
+        planned = self._sleeping_until
+        if deadline is None or planned is None or deadline < planned:
+            self._wake.set()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Expire requests as their deadlines pass until ``stop`` is set or the task is cancelled.
+
+        Survives the database going away: it logs ``resolver_db_unavailable`` and tries
+        again with capped backoff.
+        """
+        stop = stop or asyncio.Event()
+        # Made here, not in __init__: an Event belongs to the loop that first waits on it.
+        self._wake = asyncio.Event()
+        tasks = [asyncio.create_task(self._wake_on(stop))]
+        if self.listen_dsn is not None:
+            tasks.append(asyncio.create_task(self._listen()))
+        backoff = _Backoff(0.1, 5.0)
+        self._log.info("resolver_started", batch_size=self.batch_size,
+                       backstop_seconds=self.backstop, listen=self.listen_dsn is not None)
+        try:
+            while not stop.is_set():
+                # Cleared before the deadline is read: a wake() after this point is seen.
+                self._wake.clear()
+                self._sleeping_until = None
+                loop = asyncio.get_running_loop()
+                try:
+                    await self.run_pass()
+                    started = loop.time()
+                    delay, until = await self._plan_sleep()
+                    target = started + delay
+                except Exception as exc:
+                    self.metrics.resolver_errors.inc()
+                    retry = backoff.next()
+                    if is_unavailable(exc):
+                        self._log.warning("resolver_db_unavailable", error=repr(exc),
+                                          retry_in_seconds=retry)
+                    else:
+                        self._log.error("resolver_error", error=repr(exc), exc_info=exc,
+                                        retry_in_seconds=retry)
+                    target, until = loop.time() + retry, None
+                else:
+                    backoff.reset()
+                self._sleeping_until = until
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(target):
+                        await self._wake.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._log.info("resolver_stopped")
+
+    async def _plan_sleep(self) -> tuple[float, datetime | None]:
+        """Seconds to sleep, and the instant (database clock) that sleep ends."""
+
+        async def read(conn: AsyncConnection, now: datetime) -> tuple[datetime | None, datetime]:
+            return await store.next_deadline(conn, exclude=sorted(self.quarantine)), now
+
+        deadline, now = await self.db.run(read, readonly=True)
+        if deadline is None:
+            delay = self.backstop
+        else:
+            delay = min((deadline - now).total_seconds() + _SLACK, self.backstop)
+            if delay <= 0 and self._last_now is not None and deadline <= self._last_now:
+                # It was due when the last batch looked, yet not taken: another replica
+                # holds it. If it came due since, the next pass takes it at once.
+                delay = _CONTENDED_DELAY
+        delay = max(delay, 0.0)
+        return delay, now + timedelta(seconds=delay)
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            deadline: datetime | None = datetime.fromisoformat(payload)
+        except ValueError:
+            deadline = None
+        self.wake(deadline)
+
+    async def _listen(self) -> None:
+        """Keep a LISTEN connection up; while it is down, the backstop keeps the loop going."""
+        backoff = _Backoff(0.5, 30.0)
+        while True:
+            conn: Any = None
+            try:
+                conn = await asyncpg.connect(
+                    self.listen_dsn, timeout=10,
+                    server_settings={"application_name": "signoff-resolver-listen"},
+                )
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(store.WAKE_CHANNEL, self._on_notify)
+                self.listening = True
+                backoff.reset()
+                self._log.info("resolver_listening", channel=store.WAKE_CHANNEL)
+                # Requests created while nobody listened: look at the deadlines again.
+                self.wake()
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_LISTEN_KEEPALIVE):
+                            await lost.wait()
+                    if not lost.is_set():  # a half-open socket shows only when used
+                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
+                raise ConnectionError("the LISTEN connection was closed")
+            except Exception as exc:
+                retry = backoff.next()
+                self._log.warning("resolver_listen_unavailable", error=repr(exc),
+                                  retry_in_seconds=retry)
+            finally:
+                self.listening = False
+                if conn is not None:
+                    await _close(conn)
+            await asyncio.sleep(retry)
+
+
+async def _close(conn: Any) -> None:
+    """Close politely if the server answers quickly, else drop the socket."""
+    if conn.is_closed():
+        return
+    try:
+        await asyncio.wait_for(conn.close(), 2)
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise
+    except Exception:
+        conn.terminate()

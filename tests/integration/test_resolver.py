@@ -1,0 +1,589 @@
+"""The resolver against a real database: batches, rule 4, isolation, wake-ups, survival."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+from structlog.testing import capture_logs
+
+from signoff import store
+from signoff.db import Database
+from signoff.metrics import Metrics
+from signoff.resolver import PassResult, Resolver
+from signoff.settings import Settings
+from signoff.tables import events, knowledge, requests
+
+# The loop's promise, with room for a busy test machine.
+LATENESS_BOUND = 0.25
+
+
+def make_resolver(
+    db_url: str, db: Database, *, batch_size: int = 1000, backstop: float = 2.0,
+    listen: bool = True,
+) -> tuple[Resolver, Metrics]:
+    settings = Settings(
+        database_url=db_url, resolver_batch_size=batch_size, resolver_backstop=backstop
+    )
+    metrics = Metrics()
+    return Resolver(db, settings, metrics, listen=listen), metrics
+
+
+async def seed(
+    db: Database, n: int, *, ttl: float, with_incident: bool = True, service: str = "db"
+) -> list[uuid.UUID]:
+    """``n`` pending requests due ``ttl`` seconds from now, each with an open incident."""
+
+    async def work(conn: AsyncConnection, now: datetime) -> list[uuid.UUID]:
+        ids = []
+        for i in range(n):
+            incident_id = None
+            if with_incident:
+                incident, _ = await store.create_incident(
+                    conn, now, actor="bot",
+                    data={"title": f"disk full {i}", "severity": "high", "service": service},
+                )
+                incident_id = incident["id"]
+            row, _ = await store.create_request(
+                conn, now, actor="bot", data={"action": "restart", "incident_id": incident_id},
+                expires_at=now + timedelta(seconds=ttl),
+            )
+            ids.append(row["id"])
+        return ids
+
+    return await db.run(work)
+
+
+async def request_row(db: Database, request_id: uuid.UUID) -> Any:
+    return await db.run(lambda conn, _now: store.get_request(conn, request_id), readonly=True)
+
+
+async def incident_of(db: Database, request_id: uuid.UUID) -> Any:
+    row = await request_row(db, request_id)
+    return await db.run(
+        lambda conn, _now: store.get_incident(conn, row["incident_id"]), readonly=True
+    )
+
+
+async def scalar(db: Database, stmt: Any) -> Any:
+    async def read(conn: AsyncConnection, _now: datetime) -> Any:
+        return (await conn.execute(stmt)).scalar()
+
+    return await db.run(read, readonly=True)
+
+
+async def count(db: Database, table: sa.Table, *where: Any) -> int:
+    return int(await scalar(db, sa.select(sa.func.count()).select_from(table).where(*where)))
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], *, within: float, interval: float = 0.02
+) -> float:
+    """Poll ``check`` until it holds; return how long that took."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not true within {within} s")
+        await asyncio.sleep(interval)
+    return time.monotonic() - started
+
+
+@asynccontextmanager
+async def running(resolver: Resolver) -> AsyncIterator[asyncio.Task[None]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(resolver.run(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def expired(db: Database, ids: list[uuid.UUID]) -> bool:
+    return await count(db, requests, requests.c.id.in_(ids), requests.c.status == "expired") == len(
+        ids
+    )
+
+
+async def lateness(db: Database, request_id: uuid.UUID) -> float:
+    row = await request_row(db, request_id)
+    assert row["status"] == "expired"
+    return float((row["decided_at"] - row["expires_at"]).total_seconds())
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+# -- one pass ---------------------------------------------------------------------------
+
+
+async def test_pass_drains_everything_due_in_batches(
+    db_url: str, clocked_db: Database, clock: Any
+) -> None:
+    due = await seed(clocked_db, 25, ttl=10)
+    later = await seed(clocked_db, 3, ttl=100)
+    clock.advance(10)
+    resolver, metrics = make_resolver(db_url, clocked_db, batch_size=4)
+    assert await resolver.count_due() == 25
+    seen: list[int] = []
+
+    result = await resolver.run_pass(on_batch=seen.append)
+
+    assert (result.expired, result.incidents_resolved, result.errors) == (25, 25, 0)
+    # Six full batches of four, then a short one that ends the pass.
+    assert result.batches == 7 and seen == [4, 4, 4, 4, 4, 4, 1]
+    assert result.lateness_max == 0.0  # the fake clock did not move during the pass
+    assert await expired(clocked_db, due)
+    for request_id in due[:3]:
+        row = await request_row(clocked_db, request_id)
+        assert row["decided_by"] == "timeout"
+        assert row["disposition"] == "timeout_ignored"
+        assert row["decided_at"] == clock.now
+        incident = await incident_of(clocked_db, request_id)
+        assert incident["status"] == "resolved"
+        assert incident["resolution_type"] == "timeout"
+        assert incident["disposition"] == "timeout_ignored"
+    assert await count(clocked_db, requests, requests.c.status == "pending") == 3
+    assert all([(await request_row(clocked_db, r))["status"] == "pending" for r in later])
+    # Every expiry wrote its knowledge entry and its audit events.
+    assert await count(clocked_db, knowledge) == 25
+    assert await count(clocked_db, events, events.c.kind == "request_expired") == 25
+    assert await count(clocked_db, events, events.c.kind == "incident_resolved") == 25
+    assert await resolver.count_due() == 0
+
+    assert sample(metrics, "signoff_requests_expired_total") == 25
+    assert sample(metrics, "signoff_requests_decided_total", disposition="timeout_ignored") == 25
+    assert sample(metrics, "signoff_incidents_resolved_total", resolution_type="timeout") == 25
+    assert sample(metrics, "signoff_expiry_lateness_seconds_count") == 25
+    assert sample(metrics, "signoff_resolver_passes_total") == 1
+    assert sample(metrics, "signoff_requests_pending") == 3
+    assert sample(metrics, "signoff_oldest_overdue_seconds") == 0
+
+    again = await resolver.run_pass()
+    assert (again.expired, again.batches) == (0, 1)
+
+
+async def test_pass_records_lateness(db_url: str, clocked_db: Database, clock: Any) -> None:
+    [request_id] = await seed(clocked_db, 1, ttl=5)
+    clock.advance(7.5)
+    resolver, metrics = make_resolver(db_url, clocked_db)
+    result = await resolver.run_pass()
+    assert result.lateness_max == pytest.approx(2.5)
+    assert result.lateness_mean == pytest.approx(2.5)
+    assert await lateness(clocked_db, request_id) == pytest.approx(2.5)
+    assert sample(metrics, "signoff_expiry_lateness_seconds_sum") == pytest.approx(2.5)
+
+
+async def test_oldest_overdue_gauge(db_url: str, clocked_db: Database, clock: Any) -> None:
+    await seed(clocked_db, 2, ttl=10)
+    clock.advance(40)
+    resolver, metrics = make_resolver(db_url, clocked_db, listen=False)
+    await resolver._refresh_gauges(force=True)
+    assert sample(metrics, "signoff_requests_pending") == 2
+    assert sample(metrics, "signoff_oldest_overdue_seconds") == pytest.approx(30)
+
+
+async def test_incident_resolved_only_when_rule_4_holds(
+    db_url: str, clocked_db: Database, clock: Any
+) -> None:
+    async def setup(conn: AsyncConnection, now: datetime) -> dict[str, uuid.UUID]:
+        made: dict[str, uuid.UUID] = {}
+
+        async def incident(name: str) -> uuid.UUID:
+            row, _ = await store.create_incident(
+                conn, now, actor="bot", data={"title": name, "severity": "high"}
+            )
+            made[name] = row["id"]
+            return row["id"]
+
+        async def request(name: str, incident_id: uuid.UUID | None, ttl: float) -> uuid.UUID:
+            row, _ = await store.create_request(
+                conn, now, actor="bot", data={"action": name, "incident_id": incident_id},
+                expires_at=now + timedelta(seconds=ttl),
+            )
+            made[name] = row["id"]
+            return row["id"]
+
+        # A: a second request is still pending (due later).
+        a = await incident("A")
+        await request("a1", a, 10)
+        await request("a2", a, 100)
+        # B: another request was approved and awaits its outcome.
+        b = await incident("B")
+        await request("b1", b, 10)
+        b2 = await request("b2", b, 100)
+        await store.approve_request(conn, now, b2, actor="alice")
+        # C: the other request was rejected: nothing keeps C open.
+        c = await incident("C")
+        await request("c1", c, 10)
+        c2 = await request("c2", c, 100)
+        await store.reject_request(conn, now, c2, actor="alice")
+        # D: the other request was approved and its (failed) outcome reported.
+        d = await incident("D")
+        await request("d1", d, 10)
+        d2 = await request("d2", d, 100)
+        await store.approve_request(conn, now, d2, actor="alice")
+        await store.report_outcome(conn, now, d2, actor="bot", succeeded=False)
+        # E: two requests due together.
+        e = await incident("E")
+        await request("e1", e, 10)
+        await request("e2", e, 10)
+        # A request with no incident at all.
+        await request("lone", None, 10)
+        return made
+
+    made = await clocked_db.run(setup)
+    clock.advance(10)
+    resolver, _ = make_resolver(db_url, clocked_db, batch_size=2)
+    result = await resolver.run_pass()
+    assert result.expired == 7  # a1 b1 c1 d1 e1 e2 lone
+    assert result.incidents_resolved == 3  # C, D, E
+
+    async def status(name: str) -> str:
+        row = await clocked_db.run(
+            lambda conn, _now: store.get_incident(conn, made[name]), readonly=True
+        )
+        return str(row["status"])
+
+    assert [await status(n) for n in "ABCDE"] == ["open", "open", "resolved", "resolved",
+                                                  "resolved"]
+    for name in "CDE":
+        row = await clocked_db.run(
+            lambda conn, _now, name=name: store.get_incident(conn, made[name]), readonly=True
+        )
+        assert (row["resolution_type"], row["disposition"]) == ("timeout", "timeout_ignored")
+    entries = await count(clocked_db, knowledge)
+    assert entries == 3
+    actions = await scalar(
+        clocked_db, sa.select(knowledge.c.actions).where(knowledge.c.incident_id == made["C"])
+    )
+    assert sorted((a["action"], a["status"]) for a in actions) == [
+        ("c1", "expired"), ("c2", "rejected")]
+
+    # When A's last pending request expires, A closes too; B waits for its outcome.
+    clock.advance(90)
+    result = await resolver.run_pass()
+    assert (result.expired, result.incidents_resolved) == (1, 1)
+    assert await status("A") == "resolved"
+    assert await status("B") == "open"
+
+
+# -- one bad row ------------------------------------------------------------------------
+
+
+async def plant_knowledge_entry(db: Database, request_id: uuid.UUID) -> uuid.UUID:
+    """A knowledge entry for a still-open incident: resolving it will break the unique key."""
+    row = await request_row(db, request_id)
+
+    async def work(conn: AsyncConnection, now: datetime) -> None:
+        await conn.execute(knowledge.insert().values(
+            id=uuid.uuid4(), incident_id=row["incident_id"], created_at=now, title="planted",
+            resolution_type="manual", actions=[], summary="planted",
+        ))
+
+    await db.run(work)
+    return uuid.UUID(str(row["incident_id"]))
+
+
+async def test_one_bad_row_never_stops_the_others(
+    db_url: str, clocked_db: Database, clock: Any
+) -> None:
+    ids = await seed(clocked_db, 6, ttl=10)
+    bad = ids[2]
+    bad_incident = await plant_knowledge_entry(clocked_db, bad)
+    clock.advance(10)
+    resolver, metrics = make_resolver(db_url, clocked_db, batch_size=4)
+
+    with capture_logs() as logs:
+        result = await resolver.run_pass()
+
+    assert (result.expired, result.errors) == (5, 1)
+    assert resolver.quarantine == {bad}
+    assert (await request_row(clocked_db, bad))["status"] == "pending"
+    assert await expired(clocked_db, [i for i in ids if i != bad])
+    failed = [e for e in logs if e["event"] == "resolver_row_failed"]
+    assert [e["request_id"] for e in failed] == [str(bad)]
+    assert any(e["event"] == "resolver_batch_failed" for e in logs)
+    assert sample(metrics, "signoff_resolver_errors_total") == 2  # the batch, then the row
+
+    # Later passes: new due rows are claimed in batches around the bad one, which is
+    # retried alone and fails again without holding anything up.
+    more = await seed(clocked_db, 5, ttl=10)
+    clock.advance(10)
+    with capture_logs() as logs:
+        result = await resolver.run_pass()
+    assert (result.expired, result.errors) == (5, 1)
+    assert await expired(clocked_db, more)
+    assert not any(e["event"] == "resolver_batch_failed" for e in logs)
+    assert [e["event"] for e in logs if e["event"] == "resolver_row_failed"] == [
+        "resolver_row_failed"]
+
+    # Once the cause is gone, the next pass expires it and lets it go.
+    async def unplant(conn: AsyncConnection, _now: datetime) -> None:
+        await conn.execute(knowledge.delete().where(knowledge.c.incident_id == bad_incident))
+
+    await clocked_db.run(unplant)
+    result = await resolver.run_pass()
+    assert (result.expired, result.errors, result.incidents_resolved) == (1, 0, 1)
+    assert resolver.quarantine == set()
+    assert (await request_row(clocked_db, bad))["status"] == "expired"
+
+
+async def test_quarantined_row_does_not_make_the_loop_spin(db_url: str, db: Database) -> None:
+    [bad] = await seed(db, 1, ttl=0.05)
+    await plant_knowledge_entry(db, bad)
+    await asyncio.sleep(0.1)
+    resolver, metrics = make_resolver(db_url, db, backstop=0.3, listen=False)
+    with capture_logs():  # not rendered: a pretty traceback takes longer than the test
+        async with running(resolver):
+            await asyncio.sleep(1.0)
+    # About one retry per backstop, not thousands.
+    assert resolver.quarantine == {bad}
+    assert 2 <= sample(metrics, "signoff_resolver_passes_total") <= 8
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+async def test_loop_expires_each_request_soon_after_its_deadline(
+    db_url: str, db: Database
+) -> None:
+    # Created before the loop starts, with deadlines spread over a second.
+    ids = []
+    for i in range(10):
+        ids += await seed(db, 1, ttl=0.3 + i * 0.1)
+    resolver, _ = make_resolver(db_url, db, backstop=5, listen=False)
+    async with running(resolver):
+        await wait_for(lambda: expired(db, ids), within=5)
+    late = [await lateness(db, i) for i in ids]
+    assert max(late) < LATENESS_BOUND, late
+    assert min(late) >= 0
+
+
+async def test_wake_in_process_beats_the_backstop(db_url: str, db: Database) -> None:
+    resolver, _ = make_resolver(db_url, db, backstop=30, listen=False)
+    async with running(resolver):
+        await asyncio.sleep(0.2)  # now asleep for the whole backstop: nothing is pending
+        [request_id] = await seed(db, 1, ttl=0.3)
+        resolver.wake((await request_row(db, request_id))["expires_at"])
+        await wait_for(lambda: expired(db, [request_id]), within=3)
+    assert await lateness(db, request_id) < LATENESS_BOUND
+
+
+async def test_wake_for_a_later_deadline_keeps_the_plan(db_url: str, db: Database) -> None:
+    [soon] = await seed(db, 1, ttl=0.4)
+    resolver, metrics = make_resolver(db_url, db, backstop=30, listen=False)
+    async with running(resolver):
+        await asyncio.sleep(0.1)
+        passes = sample(metrics, "signoff_resolver_passes_total")
+        [later] = await seed(db, 1, ttl=60)
+        resolver.wake((await request_row(db, later))["expires_at"])
+        await asyncio.sleep(0.1)
+        assert sample(metrics, "signoff_resolver_passes_total") == passes  # not woken
+        await wait_for(lambda: expired(db, [soon]), within=3)
+    assert await lateness(db, soon) < LATENESS_BOUND
+
+
+async def test_stop_and_cancel_end_the_loop_promptly(db_url: str, db: Database) -> None:
+    resolver, _ = make_resolver(db_url, db, backstop=30)
+    stop = asyncio.Event()
+    task = asyncio.create_task(resolver.run(stop))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert time.monotonic() - started < 0.5
+
+    task = asyncio.create_task(resolver.run())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert not resolver.listening
+
+
+async def test_loop_survives_an_unreachable_database(tmp_path: Any) -> None:
+    url = "postgresql://postgres@127.0.0.1:1/nothing_here"
+    settings = Settings(database_url=url, resolver_backstop=0.2)
+    db = Database.from_settings(settings)
+    resolver = Resolver(db, settings, Metrics())
+    try:
+        with capture_logs() as logs:
+            async with running(resolver):
+                await asyncio.sleep(0.8)
+    finally:
+        await db.dispose()
+    names = [e["event"] for e in logs]
+    assert names.count("resolver_db_unavailable") >= 2
+    assert "resolver_listen_unavailable" in names
+    assert "resolver_error" not in names
+
+
+# -- PostgreSQL: NOTIFY and lost connections ---------------------------------------------
+
+
+def postgres_only(db_url: str) -> None:
+    if not db_url.startswith("postgres"):
+        pytest.skip("LISTEN/NOTIFY and pg_terminate_backend are PostgreSQL's")
+
+
+async def test_notify_from_another_connection_wakes_the_loop(
+    db_url: str, db: Database
+) -> None:
+    postgres_only(db_url)
+    resolver, _ = make_resolver(db_url, db, backstop=30)
+    other = Database.from_settings(Settings(database_url=db_url))  # a pool of its own
+    try:
+        async with running(resolver):
+            await wait_for(lambda: _true(resolver.listening), within=5)
+            await asyncio.sleep(0.2)  # asleep for the backstop, nothing pending
+            [request_id] = await seed(other, 1, ttl=0.3)  # commits, with its NOTIFY
+            took = await wait_for(lambda: expired(db, [request_id]), within=5)
+    finally:
+        await other.dispose()
+    assert took < 1.0  # the backstop is 30 s
+    assert await lateness(db, request_id) < LATENESS_BOUND
+
+
+async def test_loop_survives_killed_connections(db_url: str, db: Database) -> None:
+    postgres_only(db_url)
+    resolver, _ = make_resolver(db_url, db, backstop=1)
+    async with running(resolver) as task:
+        await wait_for(lambda: _true(resolver.listening), within=5)
+        [first] = await seed(db, 1, ttl=0.2)
+        await wait_for(lambda: expired(db, [first]), within=3)
+
+        killed = await terminate_other_backends(db_url)
+        assert killed >= 2  # at least the pool's connection and the LISTEN one
+        # The LISTEN connection comes back by itself, and the loop keeps expiring.
+        await wait_for(lambda: _true(resolver.listening), within=10)
+        other = Database.from_settings(Settings(database_url=db_url))
+        try:
+            [second] = await seed(other, 1, ttl=0.3)
+        finally:
+            await other.dispose()
+        await wait_for(lambda: expired(db, [second]), within=5)
+        assert not task.done()
+    assert await lateness(db, second) < LATENESS_BOUND
+
+
+async def terminate_other_backends(db_url: str) -> int:
+    """Kill every connection to the test database except the one doing the killing."""
+    admin = Database.from_settings(Settings(database_url=db_url, db_pool_size=1))
+    try:
+        async def kill(conn: AsyncConnection, _now: datetime) -> int:
+            rows = await conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ))
+            return len(rows.all())
+
+        return await admin.run(kill)
+    finally:
+        await admin.dispose()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_pass_result_mean_without_rows() -> None:
+    assert PassResult().lateness_mean == 0.0
+
+
+class Outage:
+    """A TCP proxy in front of PostgreSQL that can go down and come back, like a server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.listen_port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.listen_port)
+        self.listen_port = self.server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.server.wait_closed()
+        self.server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        self.writers.add(writer)
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            up_reader, upstream = await asyncio.open_connection(self.host, self.port)
+            self.writers.add(upstream)
+            await asyncio.gather(self._pipe(reader, upstream), self._pipe(up_reader, writer))
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for w in (writer, upstream):
+                if w is not None:
+                    w.close()
+                    self.writers.discard(w)
+            self.tasks.discard(task)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_loop_survives_the_database_going_away_and_coming_back(
+    db_url: str, db: Database
+) -> None:
+    postgres_only(db_url)
+    url = sa.make_url(db_url)
+    outage = Outage(url.host or "127.0.0.1", url.port or 5432)
+    await outage.up()
+    proxied = url.set(drivername="postgresql", port=outage.listen_port).render_as_string(
+        hide_password=False)
+    settings = Settings(database_url=proxied, resolver_backstop=0.5)
+    through_proxy = Database.from_settings(settings)
+    resolver = Resolver(through_proxy, settings, Metrics())
+    try:
+        with capture_logs() as logs:
+            async with running(resolver) as task:
+                await wait_for(lambda: _true(resolver.listening), within=5)
+                await outage.down()
+                [request_id] = await seed(db, 1, ttl=0.2)  # the direct way still works
+                await asyncio.sleep(1.5)
+                assert (await request_row(db, request_id))["status"] == "pending"
+                assert not task.done()
+                await outage.up()
+                took = await wait_for(lambda: expired(db, [request_id]), within=10)
+                await wait_for(lambda: _true(resolver.listening), within=10)
+    finally:
+        await through_proxy.dispose()
+        if outage.server is not None:
+            await outage.down()
+    names = [e["event"] for e in logs]
+    assert "resolver_db_unavailable" in names
+    assert "resolver_listen_unavailable" in names
+    assert "resolver_error" not in names
+    assert took < 6  # the backoff is capped at 5 s
