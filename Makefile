@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh machine:
+#   make serve   start signoff on its embedded SQLite default (./signoff.db)
+#   make test    lint, type-check and run every test suite
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint bench-drain
+
+$(BIN)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+serve: $(BIN)/.installed
+	$(BIN)/signoff serve
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench-drain: $(BIN)/.installed
+	$(BIN)/python bench/drain.py --database-url $(or $(DATABASE_URL),postgresql://postgres@127.0.0.1:5432/test)
