@@ -163,7 +163,8 @@ def require(role: Role) -> Callable[[Request], Awaitable[store.Principal]]:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise errors.Unauthenticated()
-        found = await request.app.state.tokens.principal(request.app.state.db, secret.strip())
+        tokens: TokenCache = request.app.state.tokens
+        found = await tokens.principal(request.app.state.db, secret.strip())
         if found is None:
             raise errors.Unauthenticated("the bearer token is not valid")
         if not role_allows(found.role, role):

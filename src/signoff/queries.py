@@ -18,13 +18,13 @@ from signoff import errors
 from signoff.lifecycle import Disposition, RequestStatus
 from signoff.tables import approvals, events, incidents, knowledge, requests
 
-Row = Mapping[str, Any]
+Row = Mapping[Any, Any]
 PENDING = RequestStatus.PENDING.value
 
 
 @dataclass(frozen=True)
 class Page:
-    rows: list[Row]
+    rows: Sequence[Row]
     next_cursor: str | None
 
 

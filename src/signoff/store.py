@@ -35,7 +35,7 @@ from signoff.lifecycle import (
 from signoff.tables import approvals, events, incidents, knowledge, requests, tokens
 from signoff.views import action_summary, knowledge_summary
 
-Row = Mapping[str, Any]
+Row = Mapping[Any, Any]
 WAKE_CHANNEL = "signoff_deadlines"
 PENDING = RequestStatus.PENDING.value
 

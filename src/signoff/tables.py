@@ -37,10 +37,10 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
             raise TypeError(f"expected a datetime, got {type(value).__name__}")
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"naive datetime refused: {value!r} (give a UTC offset)")
-        value = value.astimezone(UTC)
+        instant: datetime = value.astimezone(UTC)
         if dialect.name == "sqlite":
-            return value.replace(tzinfo=None)
-        return value
+            return instant.replace(tzinfo=None)
+        return instant
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

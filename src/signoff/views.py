@@ -8,7 +8,7 @@ from typing import Any
 
 from signoff.lifecycle import RequestStatus, visible_status
 
-Row = Mapping[str, Any]
+Row = Mapping[Any, Any]
 
 
 def iso(value: datetime | None) -> str | None:

@@ -19,9 +19,15 @@ def signoff_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "signoff", *args]
 
 
-def run_signoff(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_signoff(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        signoff_command(*args), env=env, capture_output=True, text=True, timeout=timeout,
+        signoff_command(*args),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
 
@@ -84,7 +90,10 @@ def start_server(database_url: str, log_path: Path, **extra_env: str) -> Server:
     }
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
-            signoff_command("serve"), env=env, stdout=log, stderr=subprocess.STDOUT,
+            signoff_command("serve"),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     url = f"http://127.0.0.1:{port}"
@@ -101,9 +110,15 @@ def start_server(database_url: str, log_path: Path, **extra_env: str) -> Server:
         process.kill()
         raise RuntimeError(f"signoff serve did not start: {log_path.read_text()}")
     server = Server(url=url, env=env, process=process, log_path=log_path)
-    for name, role in [("bot", "requester"), ("bot2", "requester"), ("alice", "approver"),
-                       ("bob", "approver"), ("carol", "approver"), ("viewer", "viewer"),
-                       ("root", "admin")]:
+    for name, role in [
+        ("bot", "requester"),
+        ("bot2", "requester"),
+        ("alice", "approver"),
+        ("bob", "approver"),
+        ("carol", "approver"),
+        ("viewer", "viewer"),
+        ("root", "admin"),
+    ]:
         server.token(name, role)
     return server
 

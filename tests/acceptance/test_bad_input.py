@@ -37,38 +37,63 @@ def test_bad_input_is_refused_and_changes_nothing(server: Server) -> None:
     before = snapshot(server)
 
     bad_incidents = [
-        {}, {"title": "t"}, {"title": "t", "severity": "urgent"}, {"title": 5, "severity": "low"},
-        {"title": HUGE, "severity": "low"}, {"title": "t", "severity": "low", "labels": [1]},
-        {"title": "t", "severity": "low", "labels": {"k": "v" * 70_000}}, {"title": "", "severity": "low"},
+        {},
+        {"title": "t"},
+        {"title": "t", "severity": "urgent"},
+        {"title": 5, "severity": "low"},
+        {"title": HUGE, "severity": "low"},
+        {"title": "t", "severity": "low", "labels": [1]},
+        {"title": "t", "severity": "low", "labels": {"k": "v" * 70_000}},
+        {"title": "", "severity": "low"},
     ]
     for body in bad_incidents:
         check(bot.post("/incidents", json=body), 422)
-    check(bot.post("/incidents", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    check(
+        bot.post("/incidents", content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+    )
 
     bad_requests = [
-        {}, {"action": 5}, {"action": "x" * 1001}, {"action": "a", "risk": "extreme"},
-        {"action": "a", "ttl_seconds": 0}, {"action": "a", "ttl_seconds": -1},
-        {"action": "a", "ttl_seconds": 7 * 86400 + 1}, {"action": "a", "ttl_seconds": "60"},
+        {},
+        {"action": 5},
+        {"action": "x" * 1001},
+        {"action": "a", "risk": "extreme"},
+        {"action": "a", "ttl_seconds": 0},
+        {"action": "a", "ttl_seconds": -1},
+        {"action": "a", "ttl_seconds": 7 * 86400 + 1},
+        {"action": "a", "ttl_seconds": "60"},
         {"action": "a", "ttl_seconds": 1.5},
         {"action": "a", "expires_at": "2001-01-01T00:00:00Z"},
         {"action": "a", "expires_at": "2099-01-01T00:00:00Z"},
         {"action": "a", "expires_at": "2030-01-01T00:00:00"},
         {"action": "a", "expires_at": "tomorrow"},
         {"action": "a", "ttl_seconds": 60, "expires_at": "2030-01-01T00:00:00Z"},
-        {"action": "a", "required_approvals": 0}, {"action": "a", "required_approvals": "2"},
-        {"action": "a", "incident_id": "nope"}, {"action": "a", "params": "string"},
-        {"action": "a", "rationale": HUGE}, {"action": "a", "callback_url": "ftp://x"},
+        {"action": "a", "required_approvals": 0},
+        {"action": "a", "required_approvals": "2"},
+        {"action": "a", "incident_id": "nope"},
+        {"action": "a", "params": "string"},
+        {"action": "a", "rationale": HUGE},
+        {"action": "a", "callback_url": "ftp://x"},
     ]
     for body in bad_requests:
         check(bot.post("/approvals", json=body), 422)
     check(bot.post("/approvals", json={"action": "a", "incident_id": UNKNOWN}), 404)
-    check(bot.post("/approvals", content=b"[1,2]", headers={"content-type": "application/json"}), 422)
+    check(
+        bot.post("/approvals", content=b"[1,2]", headers={"content-type": "application/json"}), 422
+    )
     too_big = b'{"action": "' + b"x" * (1024 * 1024) + b'"}'
-    check(bot.post("/approvals", content=too_big, headers={"content-type": "application/json"}), 413)
+    check(
+        bot.post("/approvals", content=too_big, headers={"content-type": "application/json"}), 413
+    )
 
-    for path in ("/approvals/not-a-uuid", f"/approvals/{UNKNOWN}", "/incidents/123",
-                 f"/incidents/{UNKNOWN}", f"/approvals/{UNKNOWN}/events",
-                 f"/incidents/{UNKNOWN}/events"):
+    for path in (
+        "/approvals/not-a-uuid",
+        f"/approvals/{UNKNOWN}",
+        "/incidents/123",
+        f"/incidents/{UNKNOWN}",
+        f"/approvals/{UNKNOWN}/events",
+        f"/incidents/{UNKNOWN}/events",
+    ):
         check(bot.get(path), 404)
     for action in ("approve", "reject"):
         check(alice.post(f"/approvals/{UNKNOWN}/{action}"), 404)
@@ -86,12 +111,18 @@ def test_bad_input_is_refused_and_changes_nothing(server: Server) -> None:
 
     viewer = server.client("viewer")
     for path, params in [
-        ("/approvals", {"status": "nope"}), ("/approvals", {"limit": 0}),
-        ("/approvals", {"limit": 501}), ("/approvals", {"limit": "x"}),
-        ("/approvals", {"cursor": "garbage"}), ("/approvals", {"incident_id": "nope"}),
-        ("/incidents", {"status": "closed"}), ("/incidents", {"cursor": "!!"}),
-        ("/knowledge", {"incident_id": "x"}), ("/knowledge", {"limit": 1000}),
-        ("/stats", {"since": "yesterday"}), ("/stats", {"until": "2026-01-01T00:00:00"}),
+        ("/approvals", {"status": "nope"}),
+        ("/approvals", {"limit": 0}),
+        ("/approvals", {"limit": 501}),
+        ("/approvals", {"limit": "x"}),
+        ("/approvals", {"cursor": "garbage"}),
+        ("/approvals", {"incident_id": "nope"}),
+        ("/incidents", {"status": "closed"}),
+        ("/incidents", {"cursor": "!!"}),
+        ("/knowledge", {"incident_id": "x"}),
+        ("/knowledge", {"limit": 1000}),
+        ("/stats", {"since": "yesterday"}),
+        ("/stats", {"until": "2026-01-01T00:00:00"}),
         ("/stats", {"since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}),
     ]:
         check(viewer.get(path, params=params), 422)

@@ -19,8 +19,9 @@ from tests.acceptance.conftest import run_signoff
         ("SIGNOFF_PORT", "99999", "SIGNOFF_PORT"),
     ],
 )
-def test_bad_settings_are_refused_at_start(variable: str, value: str, message: str,
-                                           tmp_path: object) -> None:
+def test_bad_settings_are_refused_at_start(
+    variable: str, value: str, message: str, tmp_path: object
+) -> None:
     env = {**os.environ, "SIGNOFF_DATABASE_URL": f"sqlite:///{tmp_path}/x.db", variable: value}
     done = run_signoff(env, "db", "upgrade")
     assert done.returncode == 2

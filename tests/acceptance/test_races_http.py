@@ -22,21 +22,33 @@ ROUNDS = 6
 
 
 async def _hammer(server: Server, ids: list[str]) -> list[tuple[str, str, int, dict[str, Any]]]:
-    deciders = [("alice", "approve"), ("bob", "approve"), ("carol", "reject"),
-                ("alice", "reject"), ("bob", "reject"), ("carol", "approve")]
+    deciders = [
+        ("alice", "approve"),
+        ("bob", "approve"),
+        ("carol", "reject"),
+        ("alice", "reject"),
+        ("bob", "reject"),
+        ("carol", "approve"),
+    ]
     results: list[tuple[str, str, int, dict[str, Any]]] = []
     limits = httpx.Limits(max_connections=60)
-    async with httpx.AsyncClient(base_url=server.url + "/api/v1", timeout=30,
-                                 limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=server.url + "/api/v1", timeout=30, limits=limits
+    ) as client:
+
         async def decide(rid: str, who: str, verb: str, delay: float) -> None:
             await asyncio.sleep(delay)
-            r = await client.post(f"/approvals/{rid}/{verb}",
-                                  headers={"Authorization": f"Bearer {server.tokens[who]}"})
+            r = await client.post(
+                f"/approvals/{rid}/{verb}",
+                headers={"Authorization": f"Bearer {server.tokens[who]}"},
+            )
             results.append((rid, verb, r.status_code, r.json()))
 
         tasks = [
             decide(rid, who, verb, random.uniform(0.5, 1.6))
-            for rid in ids for _ in range(ROUNDS // len(deciders) + 1) for who, verb in deciders
+            for rid in ids
+            for _ in range(ROUNDS // len(deciders) + 1)
+            for who, verb in deciders
         ]
         await asyncio.gather(*tasks)
     return results
@@ -44,8 +56,10 @@ async def _hammer(server: Server, ids: list[str]) -> list[tuple[str, str, int, d
 
 def test_concurrent_decisions_around_the_deadline(server: Server) -> None:
     bot = server.client("bot")
-    ids = [bot.post("/approvals", json={"action": f"act-{i}", "ttl_seconds": 1}).json()["id"]
-           for i in range(REQUESTS)]
+    ids = [
+        bot.post("/approvals", json={"action": f"act-{i}", "ttl_seconds": 1}).json()["id"]
+        for i in range(REQUESTS)
+    ]
     results = asyncio.run(_hammer(server, ids))
     time.sleep(1.5)  # let the resolver record the expiries
     viewer = server.client("viewer")
@@ -59,7 +73,8 @@ def test_concurrent_decisions_around_the_deadline(server: Server) -> None:
             winners[rid].append((verb, body))
             assert body["status"] == end["status"], "a 200 was overwritten"
             assert datetime.fromisoformat(body["decided_at"]) < datetime.fromisoformat(
-                body["expires_at"])
+                body["expires_at"]
+            )
         else:
             assert status == 409, (status, body)
             assert body["error"]["status"] == end["status"]

@@ -19,12 +19,23 @@ def wait_for(predicate, timeout: float = 10.0, step: float = 0.05):  # type: ign
 
 def test_nobody_answers_the_request_expires_and_closes_its_incident(server: Server) -> None:
     bot, viewer = server.client("bot"), server.client("viewer")
-    incident = bot.post("/incidents", json={
-        "title": "disk 95% on db-1", "severity": "high", "service": "db", "fingerprint": "disk-db-1",
-    }).json()
-    created = bot.post("/approvals", json={
-        "incident_id": incident["id"], "action": "expand volume", "ttl_seconds": 1,
-    })
+    incident = bot.post(
+        "/incidents",
+        json={
+            "title": "disk 95% on db-1",
+            "severity": "high",
+            "service": "db",
+            "fingerprint": "disk-db-1",
+        },
+    ).json()
+    created = bot.post(
+        "/approvals",
+        json={
+            "incident_id": incident["id"],
+            "action": "expand volume",
+            "ttl_seconds": 1,
+        },
+    )
     assert created.status_code == 201
     request = created.json()
     assert request["status"] == "pending"
@@ -38,8 +49,9 @@ def test_nobody_answers_the_request_expires_and_closes_its_incident(server: Serv
     assert done["status"] == "expired"
     assert done["decided_by"] == "timeout"
     assert done["disposition"] == "timeout_ignored"
-    lateness = (datetime.fromisoformat(done["decided_at"])
-                - datetime.fromisoformat(done["expires_at"])).total_seconds()
+    lateness = (
+        datetime.fromisoformat(done["decided_at"]) - datetime.fromisoformat(done["expires_at"])
+    ).total_seconds()
     assert 0 <= lateness < 1.0
 
     closed = viewer.get(f"/incidents/{incident['id']}").json()
@@ -50,7 +62,8 @@ def test_nobody_answers_the_request_expires_and_closes_its_incident(server: Serv
     assert len(entries) == 1 and entries[0]["actions"][0]["status"] == "expired"
     events = viewer.get(f"/approvals/{request['id']}/events").json()["items"]
     assert [(e["from_status"], e["to_status"]) for e in events] == [
-        (None, "pending"), ("pending", "expired"),
+        (None, "pending"),
+        ("pending", "expired"),
     ]
     stats = viewer.get("/stats").json()
     assert stats["dispositions"]["timeout_ignored"] == 1
@@ -67,13 +80,20 @@ def test_nobody_answers_the_request_expires_and_closes_its_incident(server: Serv
 def test_quorum_decision_and_outcome_close_the_incident(server: Server) -> None:
     bot, viewer = server.client("bot"), server.client("viewer")
     incident = bot.post("/incidents", json={"title": "5xx spike", "severity": "critical"}).json()
-    request = bot.post("/approvals", json={
-        "incident_id": incident["id"], "action": "rollback api to v41", "risk": "high",
-        "required_approvals": 2, "ttl_seconds": 600,
-    }).json()
+    request = bot.post(
+        "/approvals",
+        json={
+            "incident_id": incident["id"],
+            "action": "rollback api to v41",
+            "risk": "high",
+            "required_approvals": 2,
+            "ttl_seconds": 600,
+        },
+    ).json()
     assert bot.post(f"/approvals/{request['id']}/approve").status_code == 403  # own request
-    first = server.client("alice").post(f"/approvals/{request['id']}/approve",
-                                        json={"comment": "looks right"})
+    first = server.client("alice").post(
+        f"/approvals/{request['id']}/approve", json={"comment": "looks right"}
+    )
     assert first.status_code == 200 and first.json()["status"] == "pending"
     again = server.client("alice").post(f"/approvals/{request['id']}/approve")
     assert again.status_code == 409
@@ -82,14 +102,20 @@ def test_quorum_decision_and_outcome_close_the_incident(server: Server) -> None:
     assert second["disposition"] == "human_approved"
     assert [a["by"] for a in second["approvals"]] == ["alice", "bob"]
     assert second["decided_at"] < second["expires_at"]
-    assert server.client("bot2").post(
-        f"/approvals/{request['id']}/outcome", json={"succeeded": True}
-    ).status_code == 403
+    assert (
+        server.client("bot2")
+        .post(f"/approvals/{request['id']}/outcome", json={"succeeded": True})
+        .status_code
+        == 403
+    )
     done = bot.post(f"/approvals/{request['id']}/outcome", json={"succeeded": True}).json()
     assert done["outcome"]["succeeded"] is True
     closed = viewer.get(f"/incidents/{incident['id']}").json()
     assert (closed["status"], closed["resolution_type"], closed["disposition"]) == (
-        "resolved", "action", "human_approved")
+        "resolved",
+        "action",
+        "human_approved",
+    )
     stats = viewer.get("/stats").json()
     assert stats["dispositions"]["human_approved"] == 1
     assert stats["human_override_rate"] == 0.0
@@ -99,8 +125,9 @@ def test_manual_resolution_cancels_pending_requests(server: Server) -> None:
     bot = server.client("bot")
     incident = bot.post("/incidents", json={"title": "queue lag", "severity": "low"}).json()
     request = bot.post("/approvals", json={"incident_id": incident["id"], "action": "scale"}).json()
-    resolved = server.client("alice").post(f"/incidents/{incident['id']}/resolve",
-                                           json={"note": "fixed upstream"})
+    resolved = server.client("alice").post(
+        f"/incidents/{incident['id']}/resolve", json={"note": "fixed upstream"}
+    )
     assert resolved.status_code == 200
     assert resolved.json()["resolution_type"] == "manual"
     assert resolved.json()["disposition"] is None
@@ -116,14 +143,18 @@ def test_token_create_prints_the_token_last(server: Server) -> None:
     done = run_signoff(server.env, "token", "create", "ci-bot", "--role", "requester")
     assert done.returncode == 0
     token = done.stdout.strip().splitlines()[-1]
-    assert server.client().get("/approvals", headers={"Authorization": f"Bearer {token}"}
-                               ).status_code == 200
+    assert (
+        server.client().get("/approvals", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )
 
 
 def test_resolve_once_drains_overdue_requests(server: Server) -> None:
     bot = server.client("bot")
-    ids = [bot.post("/approvals", json={"action": f"a{i}", "ttl_seconds": 1}).json()["id"]
-           for i in range(5)]
+    ids = [
+        bot.post("/approvals", json={"action": f"a{i}", "ttl_seconds": 1}).json()["id"]
+        for i in range(5)
+    ]
     time.sleep(1.2)
     done = run_signoff(server.env, "resolve", "--once")
     assert done.returncode == 0, done.stderr
