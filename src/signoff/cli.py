@@ -36,15 +36,45 @@ err = Console(stderr=True)
 def main_options(
     ctx: typer.Context,
     database_url: Annotated[
-        str | None, typer.Option(help="Overrides SIGNOFF_DATABASE_URL.")
+        str | None, typer.Option(help="SQLite or PostgreSQL URL [SIGNOFF_DATABASE_URL].")
     ] = None,
-    log_level: Annotated[str | None, typer.Option(help="Overrides SIGNOFF_LOG_LEVEL.")] = None,
+    default_ttl: Annotated[
+        str | None, typer.Option(help="Deadline when a request gives none, e.g. 15m "
+                                      "[SIGNOFF_DEFAULT_TTL].")
+    ] = None,
+    max_ttl: Annotated[
+        str | None, typer.Option(help="Longest deadline a request may ask for, e.g. 7d "
+                                      "[SIGNOFF_MAX_TTL].")
+    ] = None,
+    display_tz: Annotated[
+        str | None, typer.Option(help="IANA time zone for reports and pages "
+                                      "[SIGNOFF_DISPLAY_TZ].")
+    ] = None,
+    db_pool_size: Annotated[
+        int | None, typer.Option(help="Database connections per process [SIGNOFF_DB_POOL_SIZE].")
+    ] = None,
+    resolver_backstop: Annotated[
+        str | None, typer.Option(help="Longest the resolver sleeps, e.g. 2s "
+                                      "[SIGNOFF_RESOLVER_BACKSTOP].")
+    ] = None,
+    resolver_batch_size: Annotated[
+        int | None, typer.Option(help="Requests expired per transaction "
+                                      "[SIGNOFF_RESOLVER_BATCH_SIZE].")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error [SIGNOFF_LOG_LEVEL].")
+    ] = None,
     log_format: Annotated[
-        str | None, typer.Option(help="auto, json or console; overrides SIGNOFF_LOG_FORMAT.")
+        str | None, typer.Option(help="auto, json or console [SIGNOFF_LOG_FORMAT].")
     ] = None,
 ) -> None:
     """Settings come from SIGNOFF_* variables; a flag overrides its variable."""
-    ctx.obj = {"database_url": database_url, "log_level": log_level, "log_format": log_format}
+    ctx.obj = {
+        "database_url": database_url, "default_ttl": default_ttl, "max_ttl": max_ttl,
+        "display_tz": display_tz, "db_pool_size": db_pool_size,
+        "resolver_backstop": resolver_backstop, "resolver_batch_size": resolver_batch_size,
+        "log_level": log_level, "log_format": log_format,
+    }
 
 
 def load_settings(ctx: typer.Context, **overrides: Any) -> Settings:
