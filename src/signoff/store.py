@@ -134,7 +134,9 @@ async def create_incident(
                     incidents.c.fingerprint == fingerprint, incidents.c.status == "open"
                 )
             )
-        ).mappings().one()
+        ).mappings().first()
+        if existing is None:  # resolved between our insert and this read: rare, retryable
+            raise errors.Conflict("the open incident with this fingerprint just changed; retry")
         return existing, False
     await record_events(conn, [{
         "at": now, "kind": EventKind.INCIDENT_OPENED, "actor": actor,
@@ -195,12 +197,15 @@ async def close_incidents(
     if not only_if_idle:
         await _end_pending_requests_of(conn, now, ids)
     # Requests are locked; now the incidents, in id order so that resolvers never deadlock.
+    # FOR NO KEY UPDATE: every event about an incident's requests holds a foreign-key share
+    # lock on the incident until its transaction ends; FOR UPDATE would wait for each of
+    # them (a human deciding a sibling request) and deadlock with a reported outcome.
     locked = (
         await conn.execute(
             sa.select(incidents.c.id)
             .where(incidents.c.id.in_(ids), incidents.c.status == "open")
             .order_by(incidents.c.id)
-            .with_for_update()
+            .with_for_update(key_share=True)
         )
     ).scalars().all()
     if not locked:
@@ -331,7 +336,7 @@ async def create_request(
         status = (
             await conn.execute(
                 sa.select(incidents.c.status).where(incidents.c.id == incident_id)
-                .with_for_update()
+                .with_for_update(key_share=True)
             )
         ).scalar_one_or_none()
         if status is None:
