@@ -210,6 +210,10 @@ async def close_incidents(
     ).scalars().all()
     if not locked:
         return []
+    if not only_if_idle:
+        # A request created meanwhile held the incident until it committed (create_request
+        # locks it), so the first pass could not see it; now it can. End it too.
+        await _end_pending_requests_of(conn, now, locked)
     guard = sa.and_(incidents.c.id.in_(locked), incidents.c.status == "open")
     if only_if_idle:
         live = sa.select(requests.c.id).where(
