@@ -55,6 +55,25 @@ def _metrics(request: Request) -> Metrics:
     return metrics
 
 
+async def _write(request: Request, work: Work) -> Any:
+    """Run ``work`` in one transaction; after it commits, count what it did."""
+    written: list[dict[str, Any]] = []
+
+    async def collecting(conn: AsyncConnection, now: datetime) -> Any:
+        attempt: list[dict[str, Any]] = []
+        conn.info[store.EVENTS_KEY] = attempt
+        try:
+            result = await work(conn, now)
+        finally:
+            conn.info.pop(store.EVENTS_KEY, None)
+        written[:] = attempt  # only the attempt that committed counts
+        return result
+
+    result = await _db(request).run(collecting)
+    _metrics(request).observe_events(written)
+    return result
+
+
 async def _request_out(conn: AsyncConnection, now: datetime, row: Any) -> dict[str, Any]:
     found = await queries.approvals_of(conn, [row["id"]])
     return request_view(row, found[row["id"]], now)
@@ -76,7 +95,7 @@ async def create_incident(
     async def work(conn: AsyncConnection, now: datetime) -> tuple[Any, bool]:
         return await store.create_incident(conn, now, actor=who.name, data=body.model_dump())
 
-    row, created = await _db(request).run(work)
+    row, created = await _write(request, work)
     if created:
         log.info("incident_opened", incident_id=str(row["id"]), by=who.name)
     else:
@@ -119,8 +138,7 @@ async def resolve_incident(incident_id: str, request: Request, who: Approver) ->
             conn, now, iid, actor=who.name, resolution_type=ResolutionType.MANUAL, note=body.note
         )
 
-    row = await _db(request).run(work)
-    _metrics(request).incidents_resolved.labels(resolution_type="manual").inc()
+    row = await _write(request, work)
     log.info("incident_resolved", incident_id=incident_id, by=who.name, resolution_type="manual")
     return incident_view(row)
 
@@ -175,6 +193,13 @@ async def create_request(
     digest = canonical_digest(body) if idempotency_key is not None else None
 
     async def work(conn: AsyncConnection, now: datetime) -> tuple[dict[str, Any], bool]:
+        if idempotency_key is not None:
+            # A retry returns the original even if its deadline has since passed.
+            previous = await store.find_idempotent_request(conn, who.name, idempotency_key)
+            if previous is not None:
+                if previous["idempotency_digest"] != digest:
+                    raise errors.IdempotencyMismatch()
+                return await _request_out(conn, now, previous), False
         expires_at = _deadline(body, settings, now)
         row, created = await store.create_request(
             conn, now, actor=who.name, data=body.model_dump(), expires_at=expires_at,
@@ -182,9 +207,9 @@ async def create_request(
         )
         return await _request_out(conn, now, row), created
 
-    out, created = await _db(request).run(work)
+    out: dict[str, Any]
+    out, created = await _write(request, work)
     if created:
-        _metrics(request).requests_created.inc()
         resolver = request.app.state.resolver
         if resolver is not None:
             resolver.wake(datetime.fromisoformat(out["expires_at"]))
@@ -239,13 +264,13 @@ async def request_events(
 async def _transition(
     request: Request,
     request_id: str,
-    model: type[BaseModel],
+    model: type[BaseModel] | None,
     check: Callable[[AsyncConnection, datetime, uuid.UUID], Awaitable[None]],
     act: Callable[[AsyncConnection, datetime, uuid.UUID, Any], Awaitable[Any]],
 ) -> dict[str, Any]:
     """Refuse in the contract's order: who (403), what (404), state (409), content (422)."""
     rid = parse_id(request_id, errors.RequestNotFound)
-    parsed = await read_body(request, model)
+    parsed = await read_body(request, model) if model is not None else None
 
     async def work(conn: AsyncConnection, now: datetime) -> dict[str, Any]:
         if isinstance(parsed, errors.InvalidInput):
@@ -253,9 +278,7 @@ async def _transition(
             raise parsed
         return await _request_out(conn, now, await act(conn, now, rid, parsed))
 
-    out: dict[str, Any] = await _db(request).run(work)
-    if out["status"] != RequestStatus.PENDING:
-        _metrics(request).requests_decided.labels(disposition=out["disposition"]).inc()
+    out: dict[str, Any] = await _write(request, work)
     return out
 
 
@@ -267,6 +290,9 @@ def _check_decidable(actor: str) -> Callable[[AsyncConnection, datetime, uuid.UU
         if row["status"] != RequestStatus.PENDING or row["expires_at"] <= now:
             status = row["status"] if row["status"] != RequestStatus.PENDING else "expired"
             raise errors.RequestNotPending(f"the request is already {status}", status=status)
+        votes = await queries.approvals_of(conn, [rid])
+        if any(v["approver"] == actor for v in votes[rid]):
+            raise errors.AlreadyApproved(status=row["status"])
 
     return check
 
@@ -308,13 +334,9 @@ async def cancel(request_id: str, request: Request, who: Requester) -> dict[str,
     async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
         await store.get_request(conn, rid)
 
-    out = await _transition(request, request_id, _NoBody, check, act)
+    out = await _transition(request, request_id, None, check, act)
     log.info("request_cancelled", request_id=out["id"], by=who.name)
     return out
-
-
-class _NoBody(BaseModel):
-    pass
 
 
 @router.post("/approvals/{request_id}/outcome", tags=["approvals"])

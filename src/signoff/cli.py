@@ -85,8 +85,9 @@ def load_settings(ctx: typer.Context, **overrides: Any) -> Settings:
     except ValidationError as exc:
         err.print("[bold red]signoff: invalid configuration[/]")
         for e in exc.errors():
-            field = ".".join(str(p) for p in e["loc"]) or "settings"
-            err.print(f"  SIGNOFF_{field.upper()}: {e['msg']}")
+            field = ".".join(str(p) for p in e["loc"])
+            where = f"SIGNOFF_{field.upper()}: " if field else ""
+            err.print(f"  {where}{e['msg']}", markup=False)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)
     return settings

@@ -46,6 +46,8 @@ def describe_validation(errs: list[Any]) -> str:
     """One readable sentence from pydantic's error list."""
     parts = []
     for err in errs[:5]:
+        if err.get("type") == "json_invalid":
+            return "the body is not valid JSON"
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "; ".join(parts) or "invalid input"

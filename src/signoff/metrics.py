@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from signoff.lifecycle import EventKind, RequestStatus, disposition_for
 
 
 class Metrics:
@@ -54,3 +59,32 @@ class Metrics:
             "signoff_http_requests_total", "HTTP requests served, by route and status.",
             ["method", "route", "status"], registry=r,
         )
+
+    def observe_events(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Count what a committed transaction did, from the audit events it wrote.
+
+        The events are the truth of a transaction, so counters built from them never
+        miss a side effect (requests cancelled because their incident was resolved).
+        """
+        for event in events:
+            kind = event["kind"]
+            if kind == EventKind.REQUEST_CREATED:
+                self.requests_created.inc()
+            elif kind == EventKind.INCIDENT_RESOLVED:
+                detail = event.get("detail") or {}
+                self.incidents_resolved.labels(
+                    resolution_type=detail.get("resolution_type", "unknown")
+                ).inc()
+            elif kind in _ENDINGS:
+                status = RequestStatus(event["to_status"])
+                disposition = disposition_for(status)
+                if disposition is not None:
+                    self.requests_decided.labels(disposition=disposition.value).inc()
+                if status is RequestStatus.EXPIRED:
+                    self.requests_expired.inc()
+
+
+_ENDINGS = frozenset({
+    EventKind.REQUEST_APPROVED, EventKind.REQUEST_REJECTED, EventKind.REQUEST_CANCELLED,
+    EventKind.REQUEST_EXPIRED,
+})

@@ -80,7 +80,8 @@ class OutcomeIn(Body):
 
 def canonical_digest(body: BaseModel) -> str:
     """A stable fingerprint of a body, to tell a retried create from a different one."""
-    data = body.model_dump(mode="json", exclude_unset=True)
+    # Defaults included: sending a default explicitly is the same body as leaving it out.
+    data = body.model_dump(mode="json")
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

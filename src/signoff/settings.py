@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     resolver_backstop: Duration = timedelta(seconds=2)
     resolver_batch_size: int = Field(default=1000, ge=1, le=100_000)
     log_level: str = "info"
-    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_format: str = "auto"
 
     @field_validator("database_url")
     @classmethod
@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         value = value.lower()
         if value not in {"debug", "info", "warning", "error"}:
             raise ValueError("log level must be one of debug, info, warning, error")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_format(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"auto", "json", "console"}:
+            raise ValueError("log format must be one of auto, json, console")
         return value
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from signoff.views import action_summary, knowledge_summary
 
 Row = Mapping[Any, Any]
 WAKE_CHANNEL = "signoff_deadlines"
+EVENTS_KEY = "signoff.events"
 PENDING = RequestStatus.PENDING.value
 
 
@@ -92,6 +94,10 @@ async def record_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
         for r in rows
     ]
     await conn.execute(events.insert(), full)
+    # A caller that wants to know what its transaction did (metrics) collects them here.
+    collected = conn.info.get(EVENTS_KEY)
+    if collected is not None:
+        collected.extend(full)
 
 
 # -- incidents ------------------------------------------------------------------------
@@ -100,6 +106,57 @@ async def record_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
 def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+def _among(conn: AsyncConnection, column: Any, ids: Iterable[uuid.UUID]) -> Any:
+    """``column IN ids``; on PostgreSQL ``= ANY(array)``, one parameter however many ids.
+
+    An expanding ``IN`` is rendered again for every execution: for a resolver batch of a
+    thousand ids that costs more than the statement itself.
+    """
+    if conn.dialect.name == "postgresql":
+        return column == sa.any_(sa.literal(list(ids), postgresql.ARRAY(sa.Uuid())))
+    return column.in_(list(ids))
+
+
+async def _insert_rows(
+    conn: AsyncConnection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    same: Mapping[str, Any] | None = None,
+) -> None:
+    """Insert many rows in one statement: ``rows`` (all with the same keys) hold what
+    differs from row to row, ``same`` what every row shares.
+
+    On PostgreSQL an executemany costs a round of binding and executing per row;
+    ``INSERT … SELECT FROM unnest(one array per varying column)`` does a batch in one go.
+    """
+    if not rows:
+        return
+    same = same or {}
+    collected = conn.info.get(EVENTS_KEY) if table is events else None
+    if collected is not None:
+        collected.extend({**same, **row} for row in rows)
+    if conn.dialect.name != "postgresql":
+        await conn.execute(table.insert(), [{**same, **row} for row in rows])
+        return
+    names = list(rows[0])
+    arrays = []
+    for name in names:
+        column_type = table.c[name].type
+        values = [row[name] for row in rows]
+        if isinstance(column_type, sa.JSON):  # as text, cast back below: no array of jsonb
+            arrays.append(sa.literal([json.dumps(v) for v in values], postgresql.ARRAY(sa.Text())))
+        else:
+            arrays.append(sa.literal(values, postgresql.ARRAY(column_type)))
+    source = sa.func.unnest(*arrays).table_valued(*names).render_derived()
+    columns = [
+        sa.cast(source.c[n], postgresql.JSONB) if isinstance(table.c[n].type, sa.JSON)
+        else source.c[n]
+        for n in names
+    ] + [sa.literal(value, table.c[n].type) for n, value in same.items()]
+    await conn.execute(table.insert().from_select([*names, *same], sa.select(*columns)))
 
 
 async def create_incident(
@@ -136,7 +193,9 @@ async def create_incident(
             )
         ).mappings().first()
         if existing is None:  # resolved between our insert and this read: rare, retryable
-            raise errors.Conflict("the open incident with this fingerprint just changed; retry")
+            raise errors.Conflict(
+                "the open incident with this fingerprint just changed; retry", status="resolved"
+            )
         return existing, False
     await record_events(conn, [{
         "at": now, "kind": EventKind.INCIDENT_OPENED, "actor": actor,
@@ -203,7 +262,7 @@ async def close_incidents(
     locked = (
         await conn.execute(
             sa.select(incidents.c.id)
-            .where(incidents.c.id.in_(ids), incidents.c.status == "open")
+            .where(_among(conn, incidents.c.id, ids), incidents.c.status == "open")
             .order_by(incidents.c.id)
             .with_for_update(key_share=True)
         )
@@ -214,7 +273,7 @@ async def close_incidents(
         # A request created meanwhile held the incident until it committed (create_request
         # locks it), so the first pass could not see it; now it can. End it too.
         await _end_pending_requests_of(conn, now, locked)
-    guard = sa.and_(incidents.c.id.in_(locked), incidents.c.status == "open")
+    guard = sa.and_(_among(conn, incidents.c.id, locked), incidents.c.status == "open")
     if only_if_idle:
         live = sa.select(requests.c.id).where(
             requests.c.incident_id == incidents.c.id,
@@ -239,13 +298,13 @@ async def close_incidents(
     ).mappings().all()
     if closed:
         await _write_knowledge(conn, now, closed, note=note)
-        await record_events(conn, [
-            {"at": now, "kind": EventKind.INCIDENT_RESOLVED, "actor": actor,
-             "incident_id": row["id"], "from_status": "open", "to_status": "resolved",
-             "detail": {"resolution_type": resolution_type.value,
-                        "disposition": row["disposition"], **({"note": note} if note else {})}}
-            for row in closed
-        ])
+        detail = {"resolution_type": resolution_type.value,
+                  "disposition": None if disposition is None else disposition.value,
+                  **({"note": note} if note else {})}
+        await _insert_rows(conn, events, [{"incident_id": row["id"]} for row in closed], same={
+            "at": now, "kind": EventKind.INCIDENT_RESOLVED.value, "actor": actor,
+            "request_id": None, "from_status": "open", "to_status": "resolved", "detail": detail,
+        })
     return list(closed)
 
 
@@ -289,7 +348,7 @@ async def _write_knowledge(
                 requests.c.decided_by, requests.c.outcome_at, requests.c.outcome_succeeded,
                 requests.c.outcome_detail,
             )
-            .where(requests.c.incident_id.in_(list(by_incident)))
+            .where(_among(conn, requests.c.incident_id, by_incident))
             .order_by(requests.c.created_at, requests.c.id)
         )
     ).mappings().all()
@@ -299,7 +358,7 @@ async def _write_knowledge(
     for row in closed:
         actions = by_incident[row["id"]]
         entries.append({
-            "id": uuid.uuid4(), "incident_id": row["id"], "created_at": now,
+            "id": uuid.uuid4(), "incident_id": row["id"],
             "service": row["service"], "fingerprint": row["fingerprint"], "title": row["title"],
             "resolution_type": row["resolution_type"], "disposition": row["disposition"],
             "actions": actions,
@@ -308,7 +367,7 @@ async def _write_knowledge(
                 disposition=row["disposition"], resolved_at=now, note=note,
             ),
         })
-    await conn.execute(knowledge.insert(), entries)
+    await _insert_rows(conn, knowledge, entries, same={"created_at": now})
 
 
 # -- requests -------------------------------------------------------------------------
@@ -330,7 +389,7 @@ async def create_request(
     resolved while its new request is being written (rule 4 would miss it).
     """
     if idempotency_key is not None:
-        previous = await _find_idempotent(conn, actor, idempotency_key)
+        previous = await find_idempotent_request(conn, actor, idempotency_key)
         if previous is not None:
             if previous["idempotency_digest"] != digest:
                 raise errors.IdempotencyMismatch()
@@ -364,7 +423,7 @@ async def create_request(
     row = (await conn.execute(stmt.returning(*requests.c))).mappings().first()
     if row is None:  # a concurrent create with the same key won the insert
         assert idempotency_key is not None
-        previous = await _find_idempotent(conn, actor, idempotency_key)
+        previous = await find_idempotent_request(conn, actor, idempotency_key)
         assert previous is not None
         if previous["idempotency_digest"] != digest:
             raise errors.IdempotencyMismatch()
@@ -382,7 +441,8 @@ async def create_request(
     return row, True
 
 
-async def _find_idempotent(conn: AsyncConnection, actor: str, key: str) -> Row | None:
+async def find_idempotent_request(conn: AsyncConnection, actor: str, key: str) -> Row | None:
+    """The request ``actor`` created earlier with this ``Idempotency-Key``, if any."""
     return (
         await conn.execute(
             sa.select(requests).where(
@@ -633,13 +693,14 @@ async def expire_due_requests(
     batch = ExpiryBatch(expired=list(expired))
     if not expired:
         return batch
-    await record_events(conn, [
-        {"at": now, "kind": EventKind.REQUEST_EXPIRED, "actor": TIMEOUT_ACTOR,
-         "request_id": r["id"], "incident_id": r["incident_id"], "from_status": PENDING,
-         "to_status": RequestStatus.EXPIRED.value,
+    await _insert_rows(conn, events, [
+        {"request_id": r["id"], "incident_id": r["incident_id"],
          "detail": {"lateness_seconds": round((now - r["expires_at"]).total_seconds(), 6)}}
         for r in expired
-    ])
+    ], same={
+        "at": now, "kind": EventKind.REQUEST_EXPIRED.value, "actor": TIMEOUT_ACTOR,
+        "from_status": PENDING, "to_status": RequestStatus.EXPIRED.value,
+    })
     incident_ids = {r["incident_id"] for r in expired if r["incident_id"] is not None}
     closed = await close_incidents(
         conn, now, incident_ids, resolution_type=ResolutionType.TIMEOUT,

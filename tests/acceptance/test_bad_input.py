@@ -102,6 +102,7 @@ def test_bad_input_is_refused_and_changes_nothing(server: Server) -> None:
         check(alice.post(f"/approvals/{rid}/{action}", json={"comment": HUGE}), 422)
         check(bot.post(f"/approvals/{rid}/{action}"), 403)
     check(bot.post(f"/approvals/{UNKNOWN}/cancel"), 404)
+    check(server.client("bot2").post(f"/approvals/{rid}/cancel", content=b"{oops"), 403)
     check(server.client("bot2").post(f"/approvals/{rid}/cancel"), 403)
     check(bot.post(f"/approvals/{rid}/outcome", json={"succeeded": True}), 409)
     check(bot.post(f"/approvals/{rid}/outcome", json={"succeeded": "yes"}), 409)

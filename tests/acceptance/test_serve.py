@@ -119,6 +119,10 @@ def test_quorum_decision_and_outcome_close_the_incident(server: Server) -> None:
     stats = viewer.get("/stats").json()
     assert stats["dispositions"]["human_approved"] == 1
     assert stats["human_override_rate"] == 0.0
+    metrics = server.client().get(server.url + "/metrics").text
+    assert 'signoff_requests_decided_total{disposition="human_approved"} 1.0' in metrics
+    assert 'signoff_incidents_resolved_total{resolution_type="action"} 1.0' in metrics
+    assert "signoff_requests_created_total 1.0" in metrics
 
 
 def test_manual_resolution_cancels_pending_requests(server: Server) -> None:
@@ -133,6 +137,9 @@ def test_manual_resolution_cancels_pending_requests(server: Server) -> None:
     assert resolved.json()["disposition"] is None
     after = bot.get(f"/approvals/{request['id']}").json()
     assert (after["status"], after["decided_by"]) == ("cancelled", "incident_resolved")
+    metrics = server.client().get(server.url + "/metrics").text
+    assert 'signoff_requests_decided_total{disposition="cancelled"} 1.0' in metrics
+    assert 'signoff_incidents_resolved_total{resolution_type="manual"} 1.0' in metrics
     again = server.client("alice").post(f"/incidents/{incident['id']}/resolve")
     assert again.status_code == 409 and again.json()["error"]["status"] == "resolved"
     refused = bot.post("/approvals", json={"incident_id": incident["id"], "action": "scale"})
@@ -160,3 +167,28 @@ def test_resolve_once_drains_overdue_requests(server: Server) -> None:
     assert done.returncode == 0, done.stderr
     for rid in ids:
         assert bot.get(f"/approvals/{rid}").json()["status"] == "expired"
+
+
+def test_idempotent_retry_returns_the_original(server: Server) -> None:
+    bot = server.client("bot")
+    headers = {"Idempotency-Key": "deploy-42"}
+    body = {"action": "restart web", "ttl_seconds": 60}
+    first = bot.post("/approvals", json=body, headers=headers)
+    assert first.status_code == 201
+    # The same body, with a default spelled out, is the same request.
+    again = bot.post("/approvals", json={**body, "risk": "medium"}, headers=headers)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    other = bot.post("/approvals", json={**body, "action": "stop web"}, headers=headers)
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    listed = bot.get("/approvals").json()["items"]
+    assert [r["id"] for r in listed] == [first.json()["id"]]
+
+
+def test_a_second_vote_with_a_bad_body_is_still_a_conflict(server: Server) -> None:
+    bot, alice = server.client("bot"), server.client("alice")
+    rid = bot.post("/approvals", json={"action": "a", "required_approvals": 2}).json()["id"]
+    assert alice.post(f"/approvals/{rid}/approve").status_code == 200
+    again = alice.post(f"/approvals/{rid}/approve", json={"comment": 5})
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "already_approved"
