@@ -181,7 +181,9 @@ async def create_incident(
     if fingerprint is not None:
         stmt = stmt.on_conflict_do_nothing(
             index_elements=[incidents.c.fingerprint],
-            index_where=sa.and_(incidents.c.status == "open", incidents.c.fingerprint.isnot(None)),
+            # Literal SQL, not a bound 'open': once PostgreSQL runs the prepared statement
+            # with a generic plan, it cannot match a parameter against the index predicate.
+            index_where=sa.text("status = 'open' AND fingerprint IS NOT NULL"),
         )
     created = (await conn.execute(stmt.returning(*incidents.c))).mappings().first()
     if created is None:

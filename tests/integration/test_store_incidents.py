@@ -4,9 +4,12 @@ resolution close them, one knowledge entry each (rules 4-7). SQLite and PostgreS
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors, store
 from signoff.db import Database
@@ -408,3 +411,20 @@ async def test_no_pending_request_on_a_resolved_incident_after_any_resolution(
         incidents, incidents.c.id == requests.c.incident_id
     ).where(incidents.c.status == "resolved", requests.c.status == "pending"))
     assert stuck == []
+
+
+async def test_fingerprint_dedupe_keeps_working_on_a_reused_connection(
+    clocked_db: Database,
+) -> None:
+    """PostgreSQL switches a prepared statement to a generic plan after five runs; the
+    conflict target must still match the partial unique index then."""
+    first = await new_incident(clocked_db, fingerprint="fp")
+    for _ in range(8):
+        async def again(conn: AsyncConnection, now: datetime) -> tuple[Any, bool]:
+            return await store.create_incident(
+                conn, now, actor="bot",
+                data={"title": "t", "severity": "low", "fingerprint": "fp"},
+            )
+
+        row, created = await clocked_db.run(again)
+        assert (row["id"], created) == (first["id"], False)
