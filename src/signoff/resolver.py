@@ -112,10 +112,14 @@ class Resolver:
         *,
         listen_url: str | None = None,
         listen: bool = True,
+        concurrency: int = 2,
     ) -> None:
         self.db = db
         self.metrics = metrics
         self.batch_size = settings.resolver_batch_size
+        # On PostgreSQL several batches can run at once (SKIP LOCKED keeps them disjoint):
+        # one's Python work overlaps another's time in the database. SQLite has one writer.
+        self.concurrency = max(1, concurrency) if db.is_postgres else 1
         self.backstop = settings.resolver_backstop.total_seconds()
         # LISTEN needs its own connection outside the pool; by default to the same database.
         if listen_url is None and listen and db.is_postgres:
@@ -158,13 +162,23 @@ class Resolver:
         debug = self._log.is_enabled_for(logging.DEBUG)
         try:
             await self._retry_quarantined(result, debug)
-            while True:
-                before = result.expired
-                claimed = await self._run_batch(result, debug)
-                if on_batch is not None:
-                    on_batch(result.expired - before)
-                if claimed < self.batch_size:
-                    break
+
+            async def drain() -> None:
+                while True:
+                    claimed, expired = await self._run_batch(result, debug)
+                    if on_batch is not None:
+                        on_batch(expired)
+                    if claimed < self.batch_size:
+                        return
+
+            workers = [asyncio.create_task(drain()) for _ in range(self.concurrency)]
+            try:
+                await asyncio.gather(*workers)
+            except BaseException:
+                for worker in workers:
+                    worker.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                raise
             await self._refresh_gauges()
         finally:
             result.duration = time.perf_counter() - started
@@ -193,8 +207,8 @@ class Resolver:
 
         return await self.db.run(work)
 
-    async def _run_batch(self, result: PassResult, debug: bool) -> int:
-        """One batch; on failure, the same rows one by one. Returns how many were claimed."""
+    async def _run_batch(self, result: PassResult, debug: bool) -> tuple[int, int]:
+        """One batch; on failure, the same rows one by one. Returns (claimed, expired)."""
         exclude = sorted(self.quarantine)
         try:
             batch, now = await self._expire(exclude=exclude)
@@ -204,19 +218,21 @@ class Resolver:
             self.metrics.resolver_errors.inc()
             self._log.warning("resolver_batch_failed", error=repr(exc))
             return await self._isolate(result, debug, exclude)
-        self._record(batch, now, result, debug)
-        return batch.count
+        return batch.count, self._record(batch, now, result, debug)
 
-    async def _isolate(self, result: PassResult, debug: bool, exclude: list[uuid.UUID]) -> int:
+    async def _isolate(
+        self, result: PassResult, debug: bool, exclude: list[uuid.UUID]
+    ) -> tuple[int, int]:
         """Expire the failed batch's rows one per transaction, so one bad row stops nothing."""
 
         async def read(conn: AsyncConnection, now: datetime) -> list[uuid.UUID]:
             return await store.due_request_ids(conn, now, limit=self.batch_size, exclude=exclude)
 
         ids = await self.db.run(read, readonly=True)
+        expired = 0
         for request_id in ids:
-            await self._expire_alone(request_id, result, debug, retry=False)
-        return len(ids)
+            expired += await self._expire_alone(request_id, result, debug, retry=False)
+        return len(ids), expired
 
     async def _retry_quarantined(self, result: PassResult, debug: bool) -> None:
         for request_id in sorted(self.quarantine):
@@ -224,7 +240,7 @@ class Resolver:
 
     async def _expire_alone(
         self, request_id: uuid.UUID, result: PassResult, debug: bool, *, retry: bool
-    ) -> None:
+    ) -> int:
         try:
             batch, now = await self._expire(only=[request_id])
         except Exception as exc:
@@ -243,18 +259,19 @@ class Resolver:
                     # not of rows: say so loudly instead of hiding them all.
                     raise
                 self.quarantine.add(request_id)
-            return
+            return 0
         # Expired now, or no longer pending (decided, or resolved with its incident).
         self.quarantine.discard(request_id)
-        self._record(batch, now, result, debug)
+        return self._record(batch, now, result, debug)
 
     def _record(
         self, batch: store.ExpiryBatch, now: datetime, result: PassResult, debug: bool
-    ) -> None:
-        self._last_now = now
+    ) -> int:
+        if self._last_now is None or now > self._last_now:
+            self._last_now = now
         result.batches += 1
         if not batch.expired:
-            return
+            return 0
         result.expired += batch.count
         result.incidents_resolved += batch.incidents_resolved
         observe = self.metrics.expiry_lateness.observe
@@ -275,6 +292,7 @@ class Resolver:
         if batch.incidents_resolved:
             self.metrics.incidents_resolved.labels(
                 resolution_type=ResolutionType.TIMEOUT.value).inc(batch.incidents_resolved)
+        return batch.count
 
     async def _refresh_gauges(self, *, force: bool = False) -> None:
         if not force and time.monotonic() - self._gauges_at < _GAUGE_INTERVAL:

@@ -28,13 +28,13 @@ LATENESS_BOUND = 0.25
 
 def make_resolver(
     db_url: str, db: Database, *, batch_size: int = 1000, backstop: float = 2.0,
-    listen: bool = True,
+    listen: bool = True, concurrency: int = 2,
 ) -> tuple[Resolver, Metrics]:
     settings = Settings(
         database_url=db_url, resolver_batch_size=batch_size, resolver_backstop=backstop
     )
     metrics = Metrics()
-    return Resolver(db, settings, metrics, listen=listen), metrics
+    return Resolver(db, settings, metrics, listen=listen, concurrency=concurrency), metrics
 
 
 async def seed(
@@ -132,7 +132,7 @@ async def test_pass_drains_everything_due_in_batches(
     due = await seed(clocked_db, 25, ttl=10)
     later = await seed(clocked_db, 3, ttl=100)
     clock.advance(10)
-    resolver, metrics = make_resolver(db_url, clocked_db, batch_size=4)
+    resolver, metrics = make_resolver(db_url, clocked_db, batch_size=4, concurrency=1)
     assert await resolver.count_due() == 25
     seen: list[int] = []
 
@@ -170,6 +170,40 @@ async def test_pass_drains_everything_due_in_batches(
 
     again = await resolver.run_pass()
     assert (again.expired, again.batches) == (0, 1)
+
+
+async def test_concurrent_batches_close_each_incident_once(
+    db_url: str, clocked_db: Database, clock: Any
+) -> None:
+    # Three requests per incident, due together, in batches of five run four at a time:
+    # siblings land in different concurrent batches, and only the last to commit may
+    # (and must) close their incident.
+    async def setup(conn: AsyncConnection, now: datetime) -> None:
+        for i in range(40):
+            incident, _ = await store.create_incident(
+                conn, now, actor="bot", data={"title": f"t{i}", "severity": "low"}
+            )
+            for j in range(3):
+                await store.create_request(
+                    conn, now, actor="bot",
+                    data={"action": f"a{j}", "incident_id": incident["id"]},
+                    expires_at=now + timedelta(seconds=10),
+                )
+
+    await clocked_db.run(setup)
+    clock.advance(10)
+    resolver, _ = make_resolver(db_url, clocked_db, batch_size=5, concurrency=4)
+    result = await resolver.run_pass()
+    assert (result.expired, result.incidents_resolved, result.errors) == (120, 40, 0)
+    assert await count(clocked_db, requests, requests.c.status == "pending") == 0
+    assert await count(clocked_db, knowledge) == 40
+    assert await count(clocked_db, events, events.c.kind == "incident_resolved") == 40
+    # Each case file was written after all three expiries, by whichever batch came last.
+    async def entries(conn: AsyncConnection, _now: datetime) -> list[Any]:
+        return list((await conn.execute(sa.select(knowledge.c.actions))).scalars())
+
+    for actions in await clocked_db.run(entries, readonly=True):
+        assert sorted(a["status"] for a in actions) == ["expired"] * 3
 
 
 async def test_pass_records_lateness(db_url: str, clocked_db: Database, clock: Any) -> None:
