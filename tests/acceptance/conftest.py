@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -13,6 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from signoff import store
+from signoff.db import Database
+from signoff.lifecycle import Role
+from signoff.settings import Settings
 
 
 def signoff_command(*args: str) -> list[str]:
@@ -110,17 +116,29 @@ def start_server(database_url: str, log_path: Path, **extra_env: str) -> Server:
         process.kill()
         raise RuntimeError(f"signoff serve did not start: {log_path.read_text()}")
     server = Server(url=url, env=env, process=process, log_path=log_path)
-    for name, role in [
-        ("bot", "requester"),
-        ("bot2", "requester"),
-        ("alice", "approver"),
-        ("bob", "approver"),
-        ("carol", "approver"),
-        ("viewer", "viewer"),
-        ("root", "admin"),
-    ]:
-        server.token(name, role)
+    # Tokens straight into the database: a `signoff token create` process per principal
+    # would cost seconds per test (test_token_create_prints_the_token_last drives the CLI).
+    server.tokens.update(asyncio.run(_make_tokens(database_url, PRINCIPALS)))
     return server
+
+
+PRINCIPALS = {
+    "bot": "requester", "bot2": "requester", "alice": "approver", "bob": "approver",
+    "carol": "approver", "viewer": "viewer", "root": "admin",
+}
+
+
+async def _make_tokens(database_url: str, principals: dict[str, str]) -> dict[str, str]:
+    db = Database.from_settings(Settings(database_url=database_url))
+    try:
+        made = {}
+        for name, role in principals.items():
+            made[name] = await db.run(
+                lambda conn, now, n=name, r=role: store.create_token(conn, now, n, Role(r))
+            )
+        return made
+    finally:
+        await db.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -134,8 +152,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def db_url_postgres(postgres_url: str) -> str:
-    import asyncio
-
     from tests.conftest import _truncate
 
     asyncio.run(_truncate(postgres_url))
