@@ -541,3 +541,27 @@ async def test_creating_requests_while_the_incident_closes(
             assert inc["status"] == "resolved"
         entries = await knowledge_of(db, incident_id)
         assert len(entries) == (1 if inc["status"] == "resolved" else 0)
+
+
+async def test_the_same_idempotency_key_at_once(engine: AsyncEngine) -> None:
+    db = clocked(engine, BEFORE)
+
+    async def create(digest: str) -> Any:
+        try:
+            return await db.run(lambda c, n: store.create_request(
+                c, n, actor="bot", data={"action": "x"}, expires_at=DEADLINE,
+                idempotency_key="key-1", digest=digest,
+            ))
+        except errors.IdempotencyMismatch as exc:
+            return exc
+
+    results = await together([lambda: create("same")] * 10 + [lambda: create("other")] * 4)
+    made = [r for r in results if isinstance(r, tuple)]
+    assert sum(created for _, created in made) == 1
+    [row] = await select(db, sa.select(requests))
+    assert {r["id"] for r, _ in made} == {row["id"]}
+    same, other = results[:10], results[10:]
+    won, lost = (same, other) if row["idempotency_digest"] == "same" else (other, same)
+    assert all(isinstance(r, tuple) and r[0]["id"] == row["id"] for r in won)
+    assert all(isinstance(r, errors.IdempotencyMismatch) for r in lost)
+    assert len(await request_events(db, row["id"])) == 1

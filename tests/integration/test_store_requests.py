@@ -458,3 +458,13 @@ async def test_the_database_clock_is_utc(db: Database) -> None:
     wall = datetime.now(UTC)
     assert abs(stored["created_at"] - wall) < timedelta(seconds=30)
     assert stored["expires_at"] - stored["created_at"] == timedelta(seconds=60)
+
+
+async def test_idempotency_keeps_working_on_a_reused_connection(clocked_db: Database) -> None:
+    """As with fingerprints: past five runs PostgreSQL plans the insert generically."""
+    first, _ = await _create_with_key(clocked_db, "k", "d")
+    for i in range(8):
+        again, created = await _create_with_key(clocked_db, "k", "d")
+        assert (again["id"], created) == (first["id"], False)
+        _, created = await _create_with_key(clocked_db, f"k{i}", "d")
+        assert created
