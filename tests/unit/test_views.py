@@ -69,6 +69,7 @@ def test_overdue_pending_reads_expired_with_decided_at_null(late: timedelta) -> 
     view = request_view(request_row(expires_at=NOW - late), [], NOW)
     assert view["status"] == "expired"
     assert view["disposition"] == "timeout_ignored"
+    assert view["decided_by"] == "timeout"
     assert view["decided_at"] is None
 
 
