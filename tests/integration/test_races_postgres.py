@@ -24,7 +24,7 @@ from signoff import db as db_module
 from signoff import errors, store
 from signoff.db import Database, create_engine
 from signoff.settings import Settings
-from signoff.tables import approvals, incidents, requests
+from signoff.tables import approvals, events, incidents, requests
 from tests.integration.store_support import (
     get_incident,
     get_request,
@@ -585,3 +585,40 @@ async def test_the_same_idempotency_key_at_once(engine: AsyncEngine) -> None:
     assert all(isinstance(r, tuple) and r[0]["id"] == row["id"] for r in won)
     assert all(isinstance(r, errors.IdempotencyMismatch) for r in lost)
     assert len(await request_events(db, row["id"])) == 1
+
+
+async def test_resolving_by_hand_while_the_resolver_expires_its_request(
+    engine: AsyncEngine,
+) -> None:
+    """Each incident is resolved exactly once: by the resolver (timeout) or by hand."""
+    ids = await create_requests(engine, 10)
+    people = clocked(engine, AFTER)
+    rows = [await get_request(people, rid) for rid in ids]
+
+    async def resolve(incident_id: uuid.UUID, actor: str) -> Any:
+        try:
+            return await people.run(lambda c, n: store.resolve_incident(
+                c, n, incident_id, actor=actor))
+        except errors.IncidentResolved as exc:
+            return exc
+
+    jobs: list[Callable[[], Awaitable[Any]]] = [
+        lambda i=row["incident_id"], a=actor: resolve(i, a)
+        for row in rows for actor in ("alice", "bob")
+    ]
+    jobs.extend([lambda: drain(people, 2)] * 3)
+    random.Random(3).shuffle(jobs)
+    await together(jobs)
+
+    for row in rows:
+        inc = await get_incident(people, row["incident_id"])
+        req = await get_request(people, row["id"])
+        assert inc["status"] == "resolved"
+        assert (req["status"], req["decided_by"]) == ("expired", "timeout")
+        assert inc["resolution_type"] in {"timeout", "manual"}
+        assert inc["resolved_by"] in {"timeout", "alice", "bob"}
+        assert len(await knowledge_of(people, row["incident_id"])) == 1
+        assert len(terminal_events(await request_events(people, row["id"]))) == 1
+        resolved = await select(people, sa.select(events.c.id).where(
+            events.c.incident_id == row["incident_id"], events.c.kind == "incident_resolved"))
+        assert len(resolved) == 1
