@@ -278,7 +278,18 @@ async def _transition(
             raise parsed
         return await _request_out(conn, now, await act(conn, now, rid, parsed))
 
-    out: dict[str, Any] = await _write(request, work)
+    try:
+        out: dict[str, Any] = await _write(request, work)
+    except errors.RequestNotPending as refused:
+        if refused.status != RequestStatus.EXPIRED:
+            raise
+        # Refused at the deadline: record the expiry now, so that the 409 names the winner.
+        status = await _write(request, lambda conn, now: store.settle_request(conn, now, rid))
+        raise errors.RequestNotPending(
+            "the request has expired" if status == "expired"
+            else f"the request is already {status}",
+            status=status,
+        ) from None
     return out
 
 

@@ -712,6 +712,27 @@ async def expire_due_requests(
     return batch
 
 
+async def settle_request(conn: AsyncConnection, now: datetime, request_id: uuid.UUID) -> str:
+    """Wait for any transition in flight on the request, expire it if overdue; its status.
+
+    A decision refused because the deadline passed must name the status that finally won:
+    a decider whose guard passed a moment before the deadline may still be committing.
+    Holding the row lock waits for it; expiring the request here makes "expired" final.
+    """
+    status = (
+        await conn.execute(
+            sa.select(requests.c.status).where(requests.c.id == request_id).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if status is None:
+        raise errors.RequestNotFound()
+    if status == PENDING:
+        batch = await expire_due_requests(conn, now, limit=1, only=[request_id])
+        if batch.count:
+            return RequestStatus.EXPIRED.value
+    return str(status)
+
+
 async def next_deadline(
     conn: AsyncConnection, *, exclude: Sequence[uuid.UUID] = ()
 ) -> datetime | None:
