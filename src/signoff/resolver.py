@@ -14,22 +14,24 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import store
-from signoff.db import Database
+from signoff.db import Database, is_retryable
 from signoff.lifecycle import Disposition, ResolutionType
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.settings import Settings, normalise_database_url
 
+T = TypeVar("T")
+Work = Callable[[AsyncConnection, datetime], Awaitable[T]]
 BatchHook = Callable[[int], None]
 """Called after each batch with the number of requests it expired (drives a progress bar)."""
 
@@ -44,6 +46,7 @@ _GAUGE_INTERVAL = 1.0
 # A quarantine that grows without bound is no longer "one bad row": stop adding to it.
 _QUARANTINE_LIMIT = 1000
 _LISTEN_KEEPALIVE = 15.0
+_ATTEMPTS = 4
 
 # SQLSTATE classes and codes that mean the server, not the row, is the problem.
 _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
@@ -101,6 +104,51 @@ class _Backoff:
         self.current = self.first
 
 
+class _HeldConnection:
+    """One connection of the pool, held while the loop runs.
+
+    When a deadline falls during a burst of HTTP requests, the pool has a queue; the
+    resolver waiting its turn in it was most of its lateness. Holding one connection
+    (of the pool's, so the process stays within ``SIGNOFF_DB_POOL_SIZE``) removes the wait.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.conn: AsyncConnection | None = None
+        self.lock = asyncio.Lock()
+
+    async def run(self, work: Work[T], *, readonly: bool) -> T:
+        """Like ``Database.run``, on the held connection (taken again if it was lost)."""
+        async with self.lock:
+            for attempt in range(1, _ATTEMPTS + 1):
+                if self.conn is None:
+                    self.conn = await self.db.engine.connect()
+                conn = await self.conn.execution_options(signoff_readonly=readonly)
+                try:
+                    async with conn.begin():
+                        return await work(conn, await self.db.now(conn))
+                except Exception as exc:
+                    lost = is_unavailable(exc)
+                    if lost:
+                        await self.release(invalidate=True)
+                    # A deadlock victim, or a connection that died while held (the server
+                    # restarted, or killed it): the work rolled back, so it may run again.
+                    if attempt < _ATTEMPTS and (lost or is_retryable(exc)):
+                        await asyncio.sleep(0.01 * attempt)
+                        continue
+                    raise
+            raise AssertionError("unreachable")
+
+    async def release(self, *, invalidate: bool = False) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            if invalidate:
+                await conn.invalidate()
+            await conn.close()
+
+
 class Resolver:
     """Expires due requests: ``run_pass()`` drains once, ``run()`` is the timer-gated loop."""
 
@@ -134,7 +182,13 @@ class Resolver:
         self.listening = False
         self._log = get_logger("signoff.resolver")
         self._wake = asyncio.Event()
-        self._sleeping_until: datetime | None = None
+        self._force = False
+        # The loop's plan: the event loop time of the next pass (None while one runs), the
+        # earliest deadline woken for meanwhile, and a (loop time, database time) pair.
+        self._target: float | None = None
+        self._early: datetime | None = None
+        self._anchor: tuple[float, datetime] | None = None
+        self._held: _HeldConnection | None = None
         self._last_now: datetime | None = None
         self._gauges_at = float("-inf")
 
@@ -149,7 +203,7 @@ class Resolver:
         async def read(conn: AsyncConnection, now: datetime) -> int:
             return await store.count_due_requests(conn, now)
 
-        return await self.db.run(read, readonly=True)
+        return await self._transact(read, readonly=True)
 
     async def run_pass(self, *, on_batch: BatchHook | None = None) -> PassResult:
         """Drain every due request: batches, each its own transaction, until one is short.
@@ -205,7 +259,7 @@ class Resolver:
             )
             return batch, now
 
-        return await self.db.run(work)
+        return await self._transact(work)
 
     async def _run_batch(self, result: PassResult, debug: bool) -> tuple[int, int]:
         """One batch; on failure, the same rows one by one. Returns (claimed, expired)."""
@@ -228,7 +282,7 @@ class Resolver:
         async def read(conn: AsyncConnection, now: datetime) -> list[uuid.UUID]:
             return await store.due_request_ids(conn, now, limit=self.batch_size, exclude=exclude)
 
-        ids = await self.db.run(read, readonly=True)
+        ids = await self._transact(read, readonly=True)
         expired = 0
         for request_id in ids:
             expired += await self._expire_alone(request_id, result, debug, retry=False)
@@ -303,7 +357,7 @@ class Resolver:
             overdue = 0.0 if earliest is None else max(0.0, (now - earliest).total_seconds())
             return count, overdue
 
-        count, overdue = await self.db.run(read, readonly=True)
+        count, overdue = await self._transact(read, readonly=True)
         self.metrics.pending.set(count)
         self.metrics.oldest_overdue.set(overdue)
         self._gauges_at = time.monotonic()
@@ -311,15 +365,31 @@ class Resolver:
     # -- the loop -------------------------------------------------------------------------
 
     def wake(self, deadline: datetime | None = None) -> None:
-        """Run a pass now if ``deadline`` (or, without one, anything) is earlier than planned.
+        """Bring the next pass forward to ``deadline`` if that is earlier than planned;
+        without a deadline, run a pass now.
 
-        Safe to call from any coroutine on the resolver's event loop, e.g. by the API after
-        it commits a new request. Between two sleeps every call counts, so a request
-        committed while a pass runs is never missed.
+        Call it on the resolver's event loop after committing a request (the API does).
+        A wake costs no query: the planned instant just moves earlier. One that arrives
+        while a pass runs is kept for the plan that follows, so none is missed.
         """
-        planned = self._sleeping_until
-        if deadline is None or planned is None or deadline < planned:
+        if deadline is None or self._anchor is None:
+            self._force = True
             self._wake.set()
+            return
+        if self._target is None:  # a pass or a plan is under way
+            if self._early is None or deadline < self._early:
+                self._early = deadline
+            return
+        at = self._loop_time(deadline)
+        if at < self._target:
+            self._target = at
+            self._wake.set()
+
+    def _loop_time(self, instant: datetime) -> float:
+        """The event loop's time at which ``instant`` (database clock) arrives."""
+        assert self._anchor is not None
+        loop_at, db_at = self._anchor
+        return loop_at + (instant - db_at).total_seconds() + _SLACK
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Expire requests as their deadlines pass until ``stop`` is set or the task is cancelled.
@@ -328,25 +398,24 @@ class Resolver:
         again with capped backoff.
         """
         stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
         # Made here, not in __init__: an Event belongs to the loop that first waits on it.
         self._wake = asyncio.Event()
+        self._held = _HeldConnection(self.db)
         tasks = [asyncio.create_task(self._wake_on(stop))]
         if self.listen_dsn is not None:
             tasks.append(asyncio.create_task(self._listen()))
         backoff = _Backoff(0.1, 5.0)
         self._log.info("resolver_started", batch_size=self.batch_size,
-                       backstop_seconds=self.backstop, listen=self.listen_dsn is not None)
+                       backstop_seconds=self.backstop, listen=self.listen_dsn is not None,
+                       concurrency=self.concurrency)
         try:
             while not stop.is_set():
-                # Cleared before the deadline is read: a wake() after this point is seen.
-                self._wake.clear()
-                self._sleeping_until = None
-                loop = asyncio.get_running_loop()
+                self._target = None
+                self._force = False
                 try:
                     await self.run_pass()
-                    started = loop.time()
-                    delay, until = await self._plan_sleep()
-                    target = started + delay
+                    target = await self._plan()
                 except Exception as exc:
                     self.metrics.resolver_errors.inc()
                     retry = backoff.next()
@@ -356,41 +425,67 @@ class Resolver:
                     else:
                         self._log.error("resolver_error", error=repr(exc), exc_info=exc,
                                         retry_in_seconds=retry)
-                    target, until = loop.time() + retry, None
+                    target = loop.time() + retry
                 else:
                     backoff.reset()
-                self._sleeping_until = until
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(target):
-                        await self._wake.wait()
+                if self._early is not None and self._anchor is not None:
+                    target = min(target, self._loop_time(self._early))
+                self._early = None
+                self._target = target
+                await self._sleep()
         finally:
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self._held.release()
+            self._held = None
+            self._target = self._anchor = None
             self._log.info("resolver_stopped")
 
-    async def _plan_sleep(self) -> tuple[float, datetime | None]:
-        """Seconds to sleep, and the instant (database clock) that sleep ends."""
+    async def _sleep(self) -> None:
+        """Until the target, which ``wake()`` may move earlier, or until forced."""
+        while not self._force:
+            assert self._target is not None
+            self._wake.clear()
+            try:
+                async with asyncio.timeout_at(self._target):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
+
+    async def _plan(self) -> float:
+        """When (event loop time) the next pass should run: the earliest deadline, the
+        backstop at the latest."""
 
         async def read(conn: AsyncConnection, now: datetime) -> tuple[datetime | None, datetime]:
             return await store.next_deadline(conn, exclude=sorted(self.quarantine)), now
 
-        deadline, now = await self.db.run(read, readonly=True)
+        started = asyncio.get_running_loop().time()
+        deadline, now = await self._transact(read, readonly=True)
+        # The database clock read at about ``started``: wake() converts deadlines with it.
+        self._anchor = (started, now)
         if deadline is None:
-            delay = self.backstop
-        else:
-            delay = min((deadline - now).total_seconds() + _SLACK, self.backstop)
-            if delay <= 0 and self._last_now is not None and deadline <= self._last_now:
-                # It was due when the last batch looked, yet not taken: another replica
-                # holds it. If it came due since, the next pass takes it at once.
-                delay = _CONTENDED_DELAY
-        delay = max(delay, 0.0)
-        return delay, now + timedelta(seconds=delay)
+            return started + self.backstop
+        delay = min((deadline - now).total_seconds() + _SLACK, self.backstop)
+        if delay <= 0 and self._last_now is not None and deadline <= self._last_now:
+            # It was due when the last batch looked, yet not taken: another replica
+            # holds it. If it came due since, the next pass takes it at once.
+            delay = _CONTENDED_DELAY
+        return started + max(delay, 0.0)
+
+    async def _transact(self, work: Work[T], *, readonly: bool = False) -> T:
+        """One transaction: on the held connection while the loop runs and it is free,
+        else on one from the pool (a second batch worker, or ``run_pass`` alone)."""
+        held = self._held
+        if held is not None and not held.lock.locked():
+            return await held.run(work, readonly=readonly)
+        return await self.db.run(work, readonly=readonly)
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
+        self._force = True
         self._wake.set()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -404,13 +405,39 @@ async def test_loop_expires_each_request_soon_after_its_deadline(
 
 
 async def test_wake_in_process_beats_the_backstop(db_url: str, db: Database) -> None:
-    resolver, _ = make_resolver(db_url, db, backstop=30, listen=False)
+    resolver, metrics = make_resolver(db_url, db, backstop=30, listen=False)
     async with running(resolver):
         await asyncio.sleep(0.2)  # now asleep for the whole backstop: nothing is pending
+        passes = sample(metrics, "signoff_resolver_passes_total")
         [request_id] = await seed(db, 1, ttl=0.3)
         resolver.wake((await request_row(db, request_id))["expires_at"])
         await wait_for(lambda: expired(db, [request_id]), within=3)
+        # The wake moved the plan; the one pass ran at the deadline.
+        assert sample(metrics, "signoff_resolver_passes_total") == passes + 1
     assert await lateness(db, request_id) < LATENESS_BOUND
+
+
+async def test_an_exhausted_pool_does_not_make_expiry_late(db_url: str) -> None:
+    # The loop holds a connection of its own: a burst of HTTP requests queueing for the
+    # pool must not hold an expiry back.
+    db = Database.from_settings(Settings(database_url=db_url, db_pool_size=3))
+    other = Database.from_settings(Settings(database_url=db_url))
+    resolver, _ = make_resolver(db_url, db, backstop=30, listen=False)
+    try:
+        async with running(resolver), contextlib.AsyncExitStack() as stack:
+            await asyncio.sleep(0.2)
+            for _ in range(2):  # the rest of the pool, busy
+                await stack.enter_async_context(db.begin(readonly=True))
+            queued = [asyncio.create_task(scalar(db, sa.select(1))) for _ in range(5)]
+            [request_id] = await seed(other, 1, ttl=0.3)
+            resolver.wake((await request_row(other, request_id))["expires_at"])
+            await wait_for(lambda: expired(other, [request_id]), within=3)
+            assert not any(task.done() for task in queued)
+        await asyncio.gather(*queued)
+        assert await lateness(other, request_id) < LATENESS_BOUND
+    finally:
+        await other.dispose()
+        await db.dispose()
 
 
 async def test_wake_for_a_later_deadline_keeps_the_plan(db_url: str, db: Database) -> None:
