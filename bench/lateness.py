@@ -119,10 +119,10 @@ async def wait_healthy(server: Server, within: float = 30) -> None:
 
 async def create_all(
     client: httpx.AsyncClient, bodies: list[Callable[[], dict[str, Any]]], concurrency: int,
-    into: list[str], created: Created,
+    into: list[str], created: Created, *, incidents: bool = False,
 ) -> float:
-    """POST every body (each made at the moment it is sent) with ``concurrency`` in flight;
-    return the rate achieved, in requests per second."""
+    """POST every body (each made at the moment it is sent) with ``concurrency`` in flight,
+    each for an incident of its own if ``incidents``; return the rate achieved."""
     position = 0
     started = time.perf_counter()
 
@@ -132,7 +132,13 @@ async def create_all(
             make = bodies[position]
             position += 1
             try:
-                response = await client.post("/api/v1/approvals", json=make())
+                body = make()
+                if incidents:
+                    incident = await client.post("/api/v1/incidents", json={
+                        "title": "lateness bench", "severity": "low", "service": "bench"})
+                    incident.raise_for_status()
+                    body = {**body, "incident_id": incident.json()["id"]}
+                response = await client.post("/api/v1/approvals", json=body)
             except httpx.HTTPError as exc:
                 key = type(exc).__name__
                 created.failures[key] = created.failures.get(key, 0) + 1
@@ -176,7 +182,8 @@ async def create_requests(server: Server, args: argparse.Namespace) -> Created:
         for request_id in probe:
             await client.post(f"/api/v1/approvals/{request_id}/cancel")
         total = args.spread + args.burst
-        needed = total / max(rate, 1.0)
+        # An incident per request is a second create, about as costly as the first.
+        needed = total * (2 if args.incidents else 1) / max(rate, 1.0)
         window_start = datetime.now(UTC) + timedelta(seconds=needed * 1.25 + args.lead)
         burst_at = window_start + timedelta(seconds=args.window / 2)
         print(f"creating at about {rate:,.0f}/s: {args.spread:,} deadlines spread over "
@@ -190,8 +197,9 @@ async def create_requests(server: Server, args: argparse.Namespace) -> Created:
                       "expires_at": burst_at.isoformat()}
         started = time.perf_counter()
         await create_all(client, [lambda: burst_body] * args.burst, args.concurrency,
-                         created.burst, created)
-        await create_all(client, spread, args.concurrency, created.spread, created)
+                         created.burst, created, incidents=args.incidents)
+        await create_all(client, spread, args.concurrency, created.spread, created,
+                         incidents=args.incidents)
         finished = datetime.now(UTC)
         took = time.perf_counter() - started
     ahead = ((created.first_deadline or finished) - finished).total_seconds()
@@ -290,7 +298,8 @@ async def bench(args: argparse.Namespace, server: Server) -> dict[str, Any]:
         print(f"{pending} requests were still pending {args.settle} s after the last deadline")
     database = "postgresql" if server.database_url.startswith("postg") else "sqlite"
     return {
-        "database": database, "n": len(ids), "n_spread": len(spread), "n_burst": len(burst),
+        "database": database, "incidents": args.incidents, "n": len(ids),
+        "n_spread": len(spread), "n_burst": len(burst),
         "p50_s": figures["all"]["p50"], "p99_s": figures["all"]["p99"],
         "max_s": figures["all"]["max"], "spread": figures["spread"],
         "burst": figures["burst"], "still_pending": pending,
@@ -327,6 +336,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10_000,
                         help="requests that fall due at one instant")
     parser.add_argument("--concurrency", type=int, default=32, help="creates in flight")
+    parser.add_argument("--incidents", action="store_true",
+                        help="give each request an incident of its own, so that every "
+                             "expiry also resolves an incident and writes a knowledge entry")
     parser.add_argument("--settle", type=float, default=60,
                         help="seconds after the last deadline to wait for expiry")
     parser.add_argument("--seed", type=int, default=7)
