@@ -216,5 +216,50 @@ async def _drain_with_progress(resolver: Any) -> Any:
         return await resolver.run_pass(on_batch=lambda n: progress.advance(task, n))
 
 
+@app.command()
+def doctor(
+    ctx: typer.Context,
+    grace: Annotated[
+        float | None,
+        typer.Option(help="Seconds a due request may stay pending [default: the backstop]."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Check the lifecycle's invariants on a live database; exit 1 on any violation."""
+    import json
+    from datetime import timedelta
+
+    from signoff.doctor import run_checks
+
+    settings = load_settings(ctx)
+    allowed = settings.resolver_backstop if grace is None else timedelta(seconds=grace)
+
+    async def work(db: Database) -> Any:
+        return await db.run(
+            lambda conn, now: run_checks(conn, now, grace=allowed), readonly=True
+        )
+
+    findings = run_async(lambda: _with_db(settings, work))
+    if as_json:
+        print(json.dumps([
+            {"check": f.check, "description": f.description, "violations": f.count,
+             "samples": f.samples} for f in findings
+        ], indent=2))
+    else:
+        from rich.table import Table
+
+        out = Console()
+        table = Table("check", "violations", "invariant")
+        for f in findings:
+            table.add_row(f.check, "[green]0[/]" if f.ok else f"[bold red]{f.count}[/]",
+                          f.description)
+        out.print(table)
+        for f in findings:
+            for sample in f.samples:
+                out.print(f"  [red]{f.check}[/]: {sample}", markup=True, highlight=False)
+    if any(not f.ok for f in findings):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
