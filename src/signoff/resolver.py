@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from signoff import store
 from signoff.db import Database, is_retryable
 from signoff.lifecycle import Disposition, ResolutionType
+from signoff.listener import Backoff, DeadlineListener
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.settings import Settings, normalise_database_url
@@ -45,7 +46,6 @@ _CONTENDED_DELAY = 0.05
 _GAUGE_INTERVAL = 1.0
 # A quarantine that grows without bound is no longer "one bad row": stop adding to it.
 _QUARANTINE_LIMIT = 1000
-_LISTEN_KEEPALIVE = 15.0
 _ATTEMPTS = 4
 
 # SQLSTATE classes and codes that mean the server, not the row, is the problem.
@@ -88,20 +88,6 @@ class PassResult:
     @property
     def lateness_mean(self) -> float:
         return self.lateness_total / self.expired if self.expired else 0.0
-
-
-class _Backoff:
-    """Exponential backoff with a cap, reset after a success."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first, self.cap, self.current = first, cap, first
-
-    def next(self) -> float:
-        delay, self.current = self.current, min(self.current * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.first
 
 
 class _HeldConnection:
@@ -179,7 +165,8 @@ class Resolver:
         )
         # Requests that failed even alone: excluded from batch claims, retried each pass.
         self.quarantine: set[uuid.UUID] = set()
-        self.listening = False
+        self._listener = None if self.listen_dsn is None else DeadlineListener(
+            self.listen_dsn, self.wake)
         self._log = get_logger("signoff.resolver")
         self._wake = asyncio.Event()
         self._force = False
@@ -191,6 +178,11 @@ class Resolver:
         self._held: _HeldConnection | None = None
         self._last_now: datetime | None = None
         self._gauges_at = float("-inf")
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up (always false on SQLite)."""
+        return self._listener is not None and self._listener.listening
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -403,9 +395,9 @@ class Resolver:
         self._wake = asyncio.Event()
         self._held = _HeldConnection(self.db)
         tasks = [asyncio.create_task(self._wake_on(stop))]
-        if self.listen_dsn is not None:
-            tasks.append(asyncio.create_task(self._listen()))
-        backoff = _Backoff(0.1, 5.0)
+        if self._listener is not None:
+            tasks.append(asyncio.create_task(self._listener.run()))
+        backoff = Backoff(0.1, 5.0)
         self._log.info("resolver_started", batch_size=self.batch_size,
                        backstop_seconds=self.backstop, listen=self.listen_dsn is not None,
                        concurrency=self.concurrency)
@@ -487,58 +479,3 @@ class Resolver:
         await stop.wait()
         self._force = True
         self._wake.set()
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            deadline: datetime | None = datetime.fromisoformat(payload)
-        except ValueError:
-            deadline = None
-        self.wake(deadline)
-
-    async def _listen(self) -> None:
-        """Keep a LISTEN connection up; while it is down, the backstop keeps the loop going."""
-        backoff = _Backoff(0.5, 30.0)
-        while True:
-            conn: Any = None
-            try:
-                conn = await asyncpg.connect(
-                    self.listen_dsn, timeout=10,
-                    server_settings={"application_name": "signoff-resolver-listen"},
-                )
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(store.WAKE_CHANNEL, self._on_notify)
-                self.listening = True
-                backoff.reset()
-                self._log.info("resolver_listening", channel=store.WAKE_CHANNEL)
-                # Requests created while nobody listened: look at the deadlines again.
-                self.wake()
-                while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(_LISTEN_KEEPALIVE):
-                            await lost.wait()
-                    if not lost.is_set():  # a half-open socket shows only when used
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
-                raise ConnectionError("the LISTEN connection was closed")
-            except Exception as exc:
-                retry = backoff.next()
-                self._log.warning("resolver_listen_unavailable", error=repr(exc),
-                                  retry_in_seconds=retry)
-            finally:
-                self.listening = False
-                if conn is not None:
-                    await _close(conn)
-            await asyncio.sleep(retry)
-
-
-async def _close(conn: Any) -> None:
-    """Close politely if the server answers quickly, else drop the socket."""
-    if conn.is_closed():
-        return
-    try:
-        await asyncio.wait_for(conn.close(), 2)
-    except asyncio.CancelledError:
-        conn.terminate()
-        raise
-    except Exception:
-        conn.terminate()
