@@ -53,6 +53,15 @@ async def _admin(url: str, *statements: str) -> None:
         await engine.dispose()
 
 
+async def migrate(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema."""
+    db = Database.from_settings(Settings(database_url=url))
+    try:
+        await upgrade(db)
+    finally:
+        await db.dispose()
+
+
 def _with_database(url: str, name: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + name
 
@@ -69,14 +78,7 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
     url = _with_database(POSTGRES_URL, name)
 
-    async def migrate() -> None:
-        db = Database.from_settings(Settings(database_url=url))
-        try:
-            await upgrade(db)
-        finally:
-            await db.dispose()
-
-    asyncio.run(migrate())
+    asyncio.run(migrate(url))
     yield url
     asyncio.run(_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
@@ -96,15 +98,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
     """A clean, migrated database URL: SQLite file or PostgreSQL, one test each."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/signoff.db"
-
-        async def migrate() -> None:
-            db = Database.from_settings(Settings(database_url=url))
-            try:
-                await upgrade(db)
-            finally:
-                await db.dispose()
-
-        asyncio.run(migrate())
+        asyncio.run(migrate(url))
         return url
     pg: str = request.getfixturevalue("postgres_url")
     asyncio.run(_truncate(pg))
