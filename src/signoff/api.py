@@ -75,12 +75,22 @@ async def _write(request: Request, work: Work) -> Any:
 
 
 async def _request_out(conn: AsyncConnection, now: datetime, row: Any) -> dict[str, Any]:
+    if row["approval_count"] == 0:  # the common case: no votes to read
+        return request_view(row, [], now)
     found = await queries.approvals_of(conn, [row["id"]])
     return request_view(row, found[row["id"]], now)
 
 
 def _page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
     return {"items": items, "next_cursor": next_cursor}
+
+
+def _body_doc(model: type[BaseModel], *, required: bool) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses its body itself (``read_body``,
+    so that who/what/state are refused before content): clients and fuzzers see it."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": required,
+                            "content": {"application/json": {"schema": schema}}}}
 
 
 # -- incidents ------------------------------------------------------------------------
@@ -123,7 +133,8 @@ async def get_incident(incident_id: str, request: Request, _: Viewer) -> dict[st
         return incident_view(await store.get_incident(conn, iid))
 
 
-@router.post("/incidents/{incident_id}/resolve", tags=["incidents"])
+@router.post("/incidents/{incident_id}/resolve", tags=["incidents"],
+             openapi_extra=_body_doc(ResolveIn, required=False))
 async def resolve_incident(incident_id: str, request: Request, who: Approver) -> dict[str, Any]:
     """Resolve by hand (resolution type ``manual``); its pending requests are cancelled."""
     iid = parse_id(incident_id, errors.IncidentNotFound)
@@ -231,8 +242,10 @@ async def list_requests(
         page = await queries.list_requests(
             conn, now, status=status, incident_id=iid, limit=limit, cursor=cursor
         )
-        found = await queries.approvals_of(conn, [r["id"] for r in page.rows])
-        items = [request_view(r, found[r["id"]], now) for r in page.rows]
+        found = await queries.approvals_of(
+            conn, [r["id"] for r in page.rows if r["approval_count"]]
+        )
+        items = [request_view(r, found.get(r["id"], []), now) for r in page.rows]
         return _page(items, page.next_cursor)
 
     result: dict[str, Any] = await _db(request).run(work, readonly=True)
@@ -308,7 +321,8 @@ def _check_decidable(actor: str) -> Callable[[AsyncConnection, datetime, uuid.UU
     return check
 
 
-@router.post("/approvals/{request_id}/approve", tags=["approvals"])
+@router.post("/approvals/{request_id}/approve", tags=["approvals"],
+             openapi_extra=_body_doc(DecisionIn, required=False))
 async def approve(request_id: str, request: Request, who: Approver) -> dict[str, Any]:
     """Approve; with ``required_approvals`` > 1 the request waits for more approvers."""
 
@@ -321,7 +335,8 @@ async def approve(request_id: str, request: Request, who: Approver) -> dict[str,
     return out
 
 
-@router.post("/approvals/{request_id}/reject", tags=["approvals"])
+@router.post("/approvals/{request_id}/reject", tags=["approvals"],
+             openapi_extra=_body_doc(DecisionIn, required=False))
 async def reject(request_id: str, request: Request, who: Approver) -> dict[str, Any]:
     """Reject; one reject ends the request."""
 
@@ -350,7 +365,8 @@ async def cancel(request_id: str, request: Request, who: Requester) -> dict[str,
     return out
 
 
-@router.post("/approvals/{request_id}/outcome", tags=["approvals"])
+@router.post("/approvals/{request_id}/outcome", tags=["approvals"],
+             openapi_extra=_body_doc(OutcomeIn, required=True))
 async def report_outcome(request_id: str, request: Request, who: Requester) -> dict[str, Any]:
     """Report how the approved action went; success resolves the incident (``action``)."""
     admin = who.role is Role.ADMIN
