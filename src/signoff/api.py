@@ -19,6 +19,7 @@ from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.schemas import (
     DecisionIn,
+    FilterText,
     IncidentIn,
     OutcomeIn,
     RequestIn,
@@ -116,7 +117,7 @@ async def create_incident(
 @router.get("/incidents", tags=["incidents"])
 async def list_incidents(
     request: Request, _: Viewer, status: IncidentStatus | None = None,
-    service: str | None = None, limit: Limit = 50, cursor: Cursor = None,
+    service: FilterText = None, limit: Limit = 50, cursor: Cursor = None,
 ) -> dict[str, Any]:
     async with _db(request).begin(readonly=True) as conn:
         page = await queries.list_incidents(
@@ -403,8 +404,8 @@ async def report_outcome(request_id: str, request: Request, who: Requester) -> d
 
 @router.get("/knowledge", tags=["knowledge"])
 async def list_knowledge(
-    request: Request, _: Viewer, incident_id: str | None = None, service: str | None = None,
-    fingerprint: str | None = None, limit: Limit = 50, cursor: Cursor = None,
+    request: Request, _: Viewer, incident_id: str | None = None, service: FilterText = None,
+    fingerprint: FilterText = None, limit: Limit = 50, cursor: Cursor = None,
 ) -> dict[str, Any]:
     iid = parse_filter_id(incident_id, "incident_id")
     async with _db(request).begin(readonly=True) as conn:

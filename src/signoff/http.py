@@ -67,6 +67,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it could not decode (a number too long to read,
+            # nesting too deep): to clients, bad content like any other.
+            return JSONResponse(
+                error_body("invalid", "the body could not be read as JSON"), status_code=422
+            )
         codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
         return JSONResponse(
             error_body(codes.get(exc.status_code, "error"), str(exc.detail)),
@@ -204,6 +210,10 @@ async def read_body(request: Request, model: type[M]) -> M | errors.InvalidInput
         data = json.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
         return errors.InvalidInput("the body is not valid JSON")
+    except ValueError:  # a number longer than Python converts
+        return errors.InvalidInput("the body has a number too long to read")
+    except RecursionError:
+        return errors.InvalidInput("the body is nested too deeply to read")
     if not isinstance(data, dict):
         return errors.InvalidInput("the body must be a JSON object")
     try:

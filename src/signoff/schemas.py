@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -25,18 +26,57 @@ MAX_ACTION = 1_000
 MAX_TEXT = 20_000
 MAX_JSON_BYTES = 64 * 1024
 MAX_REQUIRED_APPROVALS = 100
+# Deeper JSON is no real payload, and past a few hundred levels encoders give up.
+MAX_JSON_DEPTH = 32
 
 
-def _json_size(value: dict[str, Any]) -> dict[str, Any]:
+def _storable(value: str) -> str:
+    """Text that both databases keep as sent: PostgreSQL refuses NUL, UTF-8 a lone surrogate."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it has a lone surrogate)") from None
+    return value
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    """A JSON object that stores and reads back the same on both databases, within limits."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:  # iterative: the depth is what is being checked
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"must be nested at most {MAX_JSON_DEPTH} levels deep")
+            if isinstance(item, dict):
+                for key in item:
+                    _storable(key)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict)
+                                                   else item))
+        elif isinstance(item, str):
+            _storable(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("must hold finite numbers only (no NaN or Infinity)")
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     if size > MAX_JSON_BYTES:
         raise ValueError(f"must be at most {MAX_JSON_BYTES} bytes as JSON (got {size})")
     return value
 
 
-Text = Annotated[StrictStr, Field(max_length=MAX_TEXT)]
-Url = Annotated[StrictStr, Field(max_length=2_000, pattern=r"^https?://\S+$")]
-JsonObject = Annotated[dict[str, Any], AfterValidator(_json_size)]
+Storable = AfterValidator(_storable)
+Text = Annotated[StrictStr, Field(max_length=MAX_TEXT), Storable]
+Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT), Storable]
+Url = Annotated[StrictStr, Field(max_length=2_000, pattern=r"^https?://\S+$"), Storable]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
+
+
+def _optional_storable(value: str | None) -> str | None:
+    return None if value is None else _storable(value)
+
+
+# A text filter in a query string: anything the database could not compare is refused.
+FilterText = Annotated[str | None, AfterValidator(_optional_storable)]
 
 
 class Body(BaseModel):
@@ -44,11 +84,11 @@ class Body(BaseModel):
 
 
 class IncidentIn(Body):
-    title: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT)]
+    title: Name
     severity: Severity
     service: Text | None = None
     source: Text | None = None
-    fingerprint: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT)] | None = None
+    fingerprint: Name | None = None
     labels: JsonObject | None = None
     description: Text | None = None
 
@@ -59,7 +99,7 @@ class ResolveIn(Body):
 
 class RequestIn(Body):
     incident_id: UUID | None = None
-    action: Annotated[StrictStr, Field(max_length=MAX_ACTION)]
+    action: Annotated[StrictStr, Field(max_length=MAX_ACTION), Storable]
     params: JsonObject | None = None
     risk: Risk = Risk.MEDIUM
     rationale: Text | None = None
