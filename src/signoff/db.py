@@ -104,7 +104,10 @@ class Database:
     async def now(self, conn: AsyncConnection) -> datetime:
         """The transaction's instant: the database clock on PostgreSQL, UTC elsewhere."""
         if self.clock is not None:
-            return self.clock()
+            instant = self.clock()
+            if instant.utcoffset() is None:
+                raise ValueError(f"naive datetime refused: the clock gave {instant!r}")
+            return instant
         if self.is_postgres:
             value = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
             assert isinstance(value, datetime)

@@ -85,6 +85,8 @@ class DeadlineListener:
             deadline: datetime | None = datetime.fromisoformat(payload)
         except ValueError:  # not ours to judge: look at the deadlines again
             deadline = None
+        if deadline is not None and deadline.utcoffset() is None:
+            deadline = None  # a naive time names no instant: look at the deadlines again
         self.on_deadline(deadline)
 
 
