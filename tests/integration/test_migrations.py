@@ -134,3 +134,20 @@ async def test_the_partial_indexes_exist(empty_url: str) -> None:
             assert "UNIQUE" in rows[name].upper()
     finally:
         await db.dispose()
+
+
+async def test_the_requests_table_is_vacuumed_by_dead_rows_on_postgres(empty_url: str) -> None:
+    """Migration 0002: autovacuum after a fixed number of dead rows, whatever the history."""
+    db = Database.from_settings(Settings(database_url=empty_url))
+    try:
+        await upgrade(db)
+        if not db.is_postgres:
+            return  # SQLite has no autovacuum; the migration does nothing there
+        async with db.begin(readonly=True) as conn:
+            options = (await conn.execute(sa.text(
+                "SELECT reloptions FROM pg_class WHERE relname = 'approval_requests'"
+            ))).scalar_one()
+        assert set(options) == {"autovacuum_vacuum_scale_factor=0",
+                                "autovacuum_vacuum_threshold=1000"}
+    finally:
+        await db.dispose()
