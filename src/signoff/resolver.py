@@ -397,7 +397,10 @@ class Resolver:
         tasks = [asyncio.create_task(self._wake_on(stop))]
         if self._listener is not None:
             tasks.append(asyncio.create_task(self._listener.run()))
-        backoff = Backoff(0.1, 5.0)
+        # Capped at the backstop: once the database is back, the next pass starts within
+        # one backstop, as it would have while the database was up.
+        cap = min(5.0, self.backstop)
+        backoff = Backoff(min(0.1, cap), cap)
         self._log.info("resolver_started", batch_size=self.batch_size,
                        backstop_seconds=self.backstop, listen=self.listen_dsn is not None,
                        concurrency=self.concurrency)
