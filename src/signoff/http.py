@@ -87,6 +87,16 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=503, headers={"Retry-After": "1"},
         )
 
+    @app.exception_handler(OSError)
+    async def _unreachable(_: Request, exc: OSError) -> JSONResponse:
+        # A new pool connection that cannot be made (the server is down or restarting)
+        # surfaces as the socket's own error, not wrapped by the driver.
+        log.warning("database_unavailable", error=repr(exc))
+        return JSONResponse(
+            error_body("unavailable", "the database is unavailable; try again"),
+            status_code=503, headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(DBAPIError)
     async def _dbapi(_: Request, exc: DBAPIError) -> JSONResponse:
         log.error("database_error", error=str(exc.orig))
