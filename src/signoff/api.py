@@ -213,8 +213,12 @@ async def create_request(
                     raise errors.IdempotencyMismatch()
                 return await _request_out(conn, now, previous), False
         expires_at = _deadline(body, settings, now)
+        data = {
+            **body.model_dump(),
+            "needs_analysis": settings.is_placeholder(body.action),
+        }
         row, created = await store.create_request(
-            conn, now, actor=who.name, data=body.model_dump(), expires_at=expires_at,
+            conn, now, actor=who.name, data=data, expires_at=expires_at,
             idempotency_key=idempotency_key, digest=digest,
         )
         return await _request_out(conn, now, row), created

@@ -86,6 +86,13 @@ class InvalidInput(SignoffError):
     http_status = 422
 
 
+class NeedsAnalysis(InvalidInput):
+    """The action is a placeholder (its analysis failed): it cannot be approved. Reject it,
+    or ask again with a real action."""
+
+    code = "needs_analysis"
+
+
 class IdempotencyMismatch(InvalidInput):
     """This Idempotency-Key was used before with a different body."""
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -78,6 +78,17 @@ class Settings(BaseSettings):
     resolver_batch_size: int = Field(default=1000, ge=1, le=100_000)
     log_level: str = "info"
     log_format: str = "auto"
+    # Notifications (all optional: a channel is on when its settings are given).
+    placeholder_actions: str = "NO_ACTION,TBD,pending analysis,待分析"
+    notify_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str | None = None
+    telegram_api_base: str = "https://api.telegram.org"
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_approvers: str = ""
+    reminder_fractions: str = "0.5,0.9"
 
     @field_validator("database_url")
     @classmethod
@@ -112,6 +123,33 @@ class Settings(BaseSettings):
             raise ValueError("log format must be one of auto, json, console")
         return value
 
+    @field_validator("webhook_url", "telegram_api_base")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://\S+$", value.strip()):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return None if value is None else value.strip().rstrip("/")
+
+    @field_validator("telegram_approvers")
+    @classmethod
+    def _check_approvers(cls, value: str) -> str:
+        parse_approvers(value)
+        return value
+
+    @field_validator("reminder_fractions")
+    @classmethod
+    def _check_fractions(cls, value: str) -> str:
+        parse_fractions(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_telegram(self) -> Settings:
+        if (self.telegram_bot_token is None) != (self.telegram_chat_id is None):
+            raise ValueError(
+                "Telegram needs both SIGNOFF_TELEGRAM_BOT_TOKEN and SIGNOFF_TELEGRAM_CHAT_ID"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check_ttls(self) -> Settings:
         if self.default_ttl > self.max_ttl:
@@ -131,3 +169,55 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.display_tz)
+
+    @property
+    def placeholders(self) -> frozenset[str]:
+        """The placeholder actions, trimmed and folded; the empty action is always one."""
+        names = (p.strip().casefold() for p in self.placeholder_actions.split(","))
+        return frozenset({"", *names})
+
+    def is_placeholder(self, action: str) -> bool:
+        """Whether ``action`` says that no real action was proposed (its analysis failed)."""
+        return action.strip().casefold() in self.placeholders
+
+    @property
+    def approvers(self) -> dict[int, str]:
+        """Telegram user id → the approver name a press by that user decides as."""
+        return parse_approvers(self.telegram_approvers)
+
+    @property
+    def reminders(self) -> tuple[float, ...]:
+        return parse_fractions(self.reminder_fractions)
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return self.telegram_bot_token is not None and self.telegram_chat_id is not None
+
+
+def parse_approvers(value: str) -> dict[int, str]:
+    """``telegram_user_id=approver_name,...`` → a mapping; anything else is refused."""
+    mapping: dict[int, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        user, sep, name = item.partition("=")
+        if not sep or not user.strip().lstrip("-").isdigit() or not name.strip():
+            raise ValueError(f"{item.strip()!r} is not telegram_user_id=approver_name")
+        mapping[int(user.strip())] = name.strip()
+    return mapping
+
+
+def parse_fractions(value: str) -> tuple[float, ...]:
+    """``0.5,0.9`` → sorted fractions of a request's time to live, each in (0, 1)."""
+    fractions = set()
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        try:
+            fraction = float(item)
+        except ValueError:
+            raise ValueError(f"{item.strip()!r} is not a number") from None
+        if not 0 < fraction < 1:
+            raise ValueError(f"a reminder fraction must be between 0 and 1, got {item.strip()}")
+        fractions.add(fraction)
+    return tuple(sorted(fractions))

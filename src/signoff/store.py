@@ -415,6 +415,8 @@ async def create_request(
         "required_approvals": data.get("required_approvals") or 1, "approval_count": 0,
         "created_at": now, "expires_at": expires_at, "callback_url": data.get("callback_url"),
         "idempotency_key": idempotency_key, "idempotency_digest": digest,
+        "needs_analysis": bool(data.get("needs_analysis")),
+        "next_reminder_at": data.get("next_reminder_at"),
     }
     stmt = _insert(conn, requests).values(**values)
     if idempotency_key is not None:
@@ -465,7 +467,7 @@ async def get_request(conn: AsyncConnection, request_id: uuid.UUID) -> Row:
 
 async def _explain_refusal(
     conn: AsyncConnection, now: datetime, request_id: uuid.UUID, actor: str,
-    *, own: bool | None,
+    *, own: bool | None, approving: bool = False,
 ) -> errors.SignoffError:
     """After a guarded statement matched nothing: say why, in the contract's order."""
     row = await get_request(conn, request_id)
@@ -479,6 +481,8 @@ async def _explain_refusal(
         )
     if row["expires_at"] <= now:
         return errors.RequestNotPending("the request has expired", status="expired")
+    if approving and row["needs_analysis"]:
+        return errors.NeedsAnalysis()
     return errors.Conflict("the request changed; try again", status=row["status"])
 
 
@@ -505,7 +509,8 @@ async def approve_request(
         row = (
             await conn.execute(
                 requests.update()
-                .where(_pending_guard(request_id, now), requests.c.requested_by != actor)
+                .where(_pending_guard(request_id, now), requests.c.requested_by != actor,
+                       requests.c.needs_analysis.is_(False))
                 .values(
                     approval_count=requests.c.approval_count + 1,
                     status=when_reached("approved", requests.c.status),
@@ -532,7 +537,7 @@ async def approve_request(
             if vote is None:
                 raise errors.AlreadyApproved(status=PENDING)
     if row is None:
-        raise await _explain_refusal(conn, now, request_id, actor, own=False)
+        raise await _explain_refusal(conn, now, request_id, actor, own=False, approving=True)
     done = row["status"] == "approved"
     await record_events(conn, [{
         "at": now,

@@ -124,6 +124,10 @@ requests = sa.Table(
     sa.Column("callback_url", sa.Text(), nullable=True),
     sa.Column("idempotency_key", sa.Text(), nullable=True),
     sa.Column("idempotency_digest", sa.String(64), nullable=True),
+    # The action is a placeholder (its analysis failed): kept, shown, never approvable.
+    sa.Column("needs_analysis", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # When the next reminder falls due; NULL once every reminder has been issued.
+    sa.Column("next_reminder_at", UTCDateTime(), nullable=True),
     sa.CheckConstraint("required_approvals >= 1", name="required_approvals_positive"),
     # The resolver's only read path: pending requests by deadline.
     sa.Index(
@@ -139,6 +143,12 @@ requests = sa.Table(
         unique=True,
         postgresql_where=sa.text("idempotency_key IS NOT NULL"),
         sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_approval_requests_pending_reminder",
+        "next_reminder_at",
+        postgresql_where=sa.text("status = 'pending' AND next_reminder_at IS NOT NULL"),
+        sqlite_where=sa.text("status = 'pending' AND next_reminder_at IS NOT NULL"),
     ),
     sa.Index(None, "incident_id", "status"),
     sa.Index(None, "created_at", "id"),
@@ -189,4 +199,45 @@ knowledge = sa.Table(
     sa.Index(None, "created_at", "id"),
     sa.Index(None, "service", "created_at"),
     sa.Index(None, "fingerprint", "created_at"),
+)
+
+# Notifications waiting to be delivered, delivered, or given up on. Written in the same
+# transaction as the change that causes them; rows are never deleted.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.Uuid(), sa.ForeignKey("approval_requests.id"), nullable=True),
+    sa.Column("incident_id", sa.Uuid(), sa.ForeignKey("incidents.id"), nullable=True),
+    sa.Column("payload", JSONType, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("delivered_at", UTCDateTime(), nullable=True),
+    # Items that must happen once (a card, a final edit, a reminder) carry a key.
+    sa.Column("dedupe_key", sa.Text(), nullable=True, unique=True),
+    sa.Index(
+        "ix_outbox_pending_next_attempt",
+        "next_attempt_at",
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
+    ),
+    sa.Index(None, "request_id", "id"),
+    sa.Index(None, "status", "created_at"),
+)
+
+# A chat message that shows a request (a Telegram card), so that it can be edited later.
+cards = sa.Table(
+    "cards",
+    metadata,
+    sa.Column("request_id", sa.Uuid(), sa.ForeignKey("approval_requests.id"), primary_key=True),
+    sa.Column("channel", sa.String(32), primary_key=True),
+    sa.Column("chat_id", sa.Text(), nullable=False),
+    sa.Column("message_id", sa.BigInteger(), nullable=False),
+    sa.Column("sent_at", UTCDateTime(), nullable=False),
+    sa.Column("final_at", UTCDateTime(), nullable=True),
 )

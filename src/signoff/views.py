@@ -50,6 +50,7 @@ def request_view(row: Row, approvals: Sequence[Row], now: datetime) -> dict[str,
         "expires_at": iso(row["expires_at"]),
         "decided_at": iso(row["decided_at"]),
         "outcome": outcome_view(row),
+        "needs_analysis": bool(row["needs_analysis"]),
     }
 
 

@@ -160,3 +160,18 @@ def test_log_settings() -> None:
         Settings(log_level="loud")
     with pytest.raises(ValidationError, match="log_format"):
         Settings(log_format="xml")
+
+
+def test_notification_settings_parse_and_refuse_nonsense() -> None:
+    from signoff.settings import Settings
+
+    s = Settings(telegram_approvers="123=alice, -45=bob", reminder_fractions="0.9, 0.5")
+    assert s.approvers == {123: "alice", -45: "bob"}
+    assert s.reminders == (0.5, 0.9)
+    assert s.is_placeholder("  tbd ") and s.is_placeholder("") and not s.is_placeholder("TBD2")
+    assert not s.telegram_enabled
+    for bad in ({"telegram_approvers": "alice"}, {"reminder_fractions": "1.5"},
+                {"reminder_fractions": "nan"}, {"telegram_bot_token": "t"},
+                {"webhook_url": "ftp://x"}):
+        with pytest.raises(ValueError):
+            Settings(**bad)  # type: ignore[arg-type]
