@@ -1,0 +1,449 @@
+"""Sustained load on two replicas, then a long transaction: does signoff stay on time?
+
+    python bench/soak.py --database-url postgresql://user@host:port/db [--minutes 10]
+                         [--rate 20] [--long-tx-seconds 60] [--recovery-seconds 60]
+                         [--interval 10] [--history 100000] [--replicas 2]
+
+On a scratch database beside the given one (dropped at the end), preloaded with
+``--history`` ended requests (a service that has run for a while: the table never
+shrinks), starts ``--replicas`` ``signoff serve`` processes and, for ``--minutes``,
+starts ``--rate`` request lives per second, spread over the replicas: half are left to
+expire (2-8 s deadlines, a third with an incident of their own), a quarter are read and
+approved, some rejected, some cancelled, each decision sent to another replica than the
+create. Then a transaction that holds its snapshot (``REPEATABLE READ``, idle) is kept open
+for ``--long-tx-seconds`` while the load goes on, so that no dead row can be removed;
+then it ends and the load runs ``--recovery-seconds`` more.
+
+Every ``--interval`` seconds one line: expiry lateness (``decided_at - expires_at`` of the
+requests expired in the interval, from the database) p50/p99/max, the API's p50/p99,
+each replica's RSS, and ``approval_requests``' live and dead tuples and autovacuum runs
+(``pg_stat_user_tables``). At the end: figures per phase, memory growth per replica, and
+how long after the long transaction ended lateness was back under its threshold (twice
+the steady p99, at least 250 ms). The last line printed is one JSON object.
+
+Autovacuum must be on for the dead-tuple figures to mean anything; the run says if the
+server has it off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from api import (
+    Serve,
+    make_token,
+    plain_postgres_url,
+    quantile,
+    scratch_database,
+    start_serve,
+)
+
+from signoff.settings import Settings
+
+HISTORY = """
+INSERT INTO approval_requests (id, action, params, risk, requested_by, status, disposition,
+                               required_approvals, approval_count, decided_by, created_at,
+                               expires_at, decided_at)
+SELECT gen_random_uuid(), 'restart service', '{}'::jsonb, 'low', 'history', 'expired',
+       'timeout_ignored', 1, 0, 'timeout', t, t + interval '15 minutes',
+       t + interval '15 minutes'
+FROM (SELECT now() - interval '60 days' + i * interval '10 seconds' AS t
+      FROM generate_series(1, $1::int) AS i) AS s
+"""
+LATENESS = """
+SELECT count(*) AS n,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY late) AS p50,
+       percentile_disc(0.99) WITHIN GROUP (ORDER BY late) AS p99,
+       max(late) AS max
+FROM (SELECT extract(epoch FROM decided_at - expires_at)::float8 AS late
+      FROM approval_requests
+      WHERE status = 'expired' AND decided_by = 'timeout'
+        AND decided_at > $1 AND decided_at <= $2) AS t
+"""
+TABLE_STATS = """
+SELECT n_live_tup, n_dead_tup, autovacuum_count, vacuum_count,
+       pg_total_relation_size('approval_requests') AS bytes
+FROM pg_stat_user_tables WHERE relname = 'approval_requests'
+"""
+OVERDUE = "SELECT count(*) FROM approval_requests WHERE status = 'pending' AND expires_at <= now()"
+LATE_AFTER = """
+SELECT max(decided_at) FROM approval_requests
+WHERE status = 'expired' AND decided_by = 'timeout' AND decided_at > $1
+  AND extract(epoch FROM decided_at - expires_at) > $2
+"""
+
+
+# -- the load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Calls:
+    """Every API call: when it started (monotonic), how long it took, and failures."""
+
+    timings: list[tuple[float, float]] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    lives: int = 0
+
+    async def call(self, kind: str, request: Any) -> httpx.Response | None:
+        began = time.monotonic()
+        try:
+            response: httpx.Response = await request
+        except httpx.HTTPError as exc:
+            self.fail(f"{kind} {type(exc).__name__}")
+            return None
+        self.timings.append((began, time.monotonic() - began))
+        if response.status_code >= 300:
+            self.fail(f"{kind} {response.status_code}")
+        return response
+
+    def fail(self, key: str) -> None:
+        self.failures[key] = self.failures.get(key, 0) + 1
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [took for began, took in self.timings if start <= began < end]
+
+
+class Load:
+    """Request lives started at a steady rate, over the replicas, until stopped."""
+
+    def __init__(self, serves: list[Serve], tokens: dict[str, str], rate: float) -> None:
+        self.rate = rate
+        self.calls = Calls()
+        self.stopping = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        limits = httpx.Limits(max_connections=64)
+        self.clients = [
+            {role: httpx.AsyncClient(base_url=s.url + "/api/v1", limits=limits, timeout=60,
+                                     headers={"Authorization": f"Bearer {token}"})
+             for role, token in tokens.items()}
+            for s in serves
+        ]
+
+    async def run(self) -> None:
+        started, i = time.monotonic(), 0
+        while not self.stopping.is_set():
+            at = started + i / self.rate
+            delay = at - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.stopping.wait()
+                continue
+            task = asyncio.create_task(self.life(i))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            i += 1
+
+    async def finish(self, within: float = 30) -> None:
+        self.stopping.set()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=within)
+        for replica in self.clients:
+            for client in replica.values():
+                await client.aclose()
+
+    async def life(self, i: int) -> None:
+        """One request: created on one replica, decided (if at all) through another."""
+        self.calls.lives += 1
+        here = self.clients[i % len(self.clients)]
+        there = self.clients[(i + 1) % len(self.clients)]
+        fate = i % 20
+        body: dict[str, Any] = {"action": "restart service", "risk": "low",
+                                "rationale": "soak", "params": {"life": i}}
+        if fate < 10:
+            body["ttl_seconds"] = random.randint(2, 8)
+            if fate % 3 == 0:
+                incident = await self.calls.call("incident", here["requester"].post(
+                    "/incidents", json={"title": f"soak {i}", "severity": "low",
+                                        "service": f"svc-{i % 7}"}))
+                if incident is None or incident.status_code not in (200, 201):
+                    return
+                body["incident_id"] = incident.json()["id"]
+        else:
+            body["ttl_seconds"] = 60
+        created = await self.calls.call("create", here["requester"].post("/approvals", json=body))
+        if created is None or created.status_code != 201 or fate < 10:
+            return
+        rid = created.json()["id"]
+        await asyncio.sleep(random.uniform(0.5, 3.0))
+        if fate < 15:
+            await self.calls.call("read", there["approver"].get(f"/approvals/{rid}"))
+            await self.calls.call("approve", there["approver"].post(
+                f"/approvals/{rid}/approve", json={"comment": "ok"}))
+        elif fate < 18:
+            await self.calls.call("reject", there["approver"].post(
+                f"/approvals/{rid}/reject", json={"comment": "no"}))
+        else:
+            await self.calls.call("cancel", there["requester"].post(f"/approvals/{rid}/cancel"))
+
+
+# -- sampling ---------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Sample:
+    phase: str
+    t: float  # seconds since the load started
+    expired: int
+    late_p50: float | None
+    late_p99: float | None
+    late_max: float | None
+    api_p50: float | None
+    api_p99: float | None
+    calls: int
+    rss_mb: list[float]
+    live: int
+    dead: int
+    autovacuums: int
+    table_mb: float
+    overdue: int
+
+
+def _ms(value: float | None) -> str:
+    return "     -" if value is None else f"{value * 1000:6.0f}"
+
+
+def show(s: Sample) -> None:
+    rss = " ".join(f"{r:5.0f}" for r in s.rss_mb)
+    print(f"{s.t:6.0f}s {s.phase:9} expired {s.expired:5}  lateness ms p50 {_ms(s.late_p50)} "
+          f"p99 {_ms(s.late_p99)} max {_ms(s.late_max)}  api ms p50 {_ms(s.api_p50)} "
+          f"p99 {_ms(s.api_p99)} ({s.calls / max(s.t, 1e-9):.0f}/s avg)  rss MB {rss}  "
+          f"live {s.live:>7,} dead {s.dead:>6,} autovacuums {s.autovacuums} "
+          f"({s.table_mb:.0f} MB) overdue {s.overdue}", flush=True)
+
+
+class Sampler:
+    def __init__(self, conn: Any, serves: list[Serve], calls: Calls, interval: float) -> None:
+        self.conn, self.serves, self.calls, self.interval = conn, serves, calls, interval
+        self.samples: list[Sample] = []
+        self.phase = "steady"
+        self.started = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        since_db: datetime = await self.conn.fetchval("SELECT clock_timestamp()")
+        since = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, since + self.interval - time.monotonic())):
+                    await stop.wait()
+            since_db, since = await self.take(since_db, since)
+
+    async def take(self, since_db: datetime, since: float) -> tuple[datetime, float]:
+        now_db: datetime = await self.conn.fetchval("SELECT clock_timestamp()")
+        now = time.monotonic()
+        late = await self.conn.fetchrow(LATENESS, since_db, now_db)
+        table = await self.conn.fetchrow(TABLE_STATS)
+        api = self.calls.between(since, now)
+        sample = Sample(
+            phase=self.phase, t=now - self.started, expired=late["n"],
+            late_p50=late["p50"], late_p99=late["p99"], late_max=late["max"],
+            api_p50=quantile(api, 0.5) if api else None,
+            api_p99=quantile(api, 0.99) if api else None,
+            calls=len(self.calls.timings),
+            rss_mb=[rss_mb(s.pid) for s in self.serves],
+            live=table["n_live_tup"], dead=table["n_dead_tup"],
+            autovacuums=table["autovacuum_count"], table_mb=table["bytes"] / 2**20,
+            overdue=await self.conn.fetchval(OVERDUE),
+        )
+        self.samples.append(sample)
+        show(sample)
+        return now_db, now
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+async def lateness_between(conn: Any, start: datetime, end: datetime) -> dict[str, Any]:
+    row = await conn.fetchrow(LATENESS, start, end)
+    return {"n": row["n"], "p50_ms": _round_ms(row["p50"]), "p99_ms": _round_ms(row["p99"]),
+            "max_ms": _round_ms(row["max"])}
+
+
+def _round_ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+def api_between(calls: Calls, start: float, end: float) -> dict[str, Any]:
+    took = calls.between(start, end)
+    return {"calls": len(took), "p50_ms": _round_ms(quantile(took, 0.5) if took else None),
+            "p99_ms": _round_ms(quantile(took, 0.99) if took else None)}
+
+
+def memory(samples: list[Sample], replicas: int) -> list[dict[str, float]]:
+    """Per replica: RSS after the first interval (warm) and at the end, and the slope."""
+    out = []
+    warm = samples[1:] if len(samples) > 2 else samples
+    for r in range(replicas):
+        first, last = warm[0], warm[-1]
+        minutes = max((last.t - first.t) / 60, 1e-9)
+        out.append({"start_mb": round(first.rss_mb[r], 1), "end_mb": round(last.rss_mb[r], 1),
+                    "max_mb": round(max(s.rss_mb[r] for s in warm), 1),
+                    "mb_per_minute": round((last.rss_mb[r] - first.rss_mb[r]) / minutes, 2)})
+    return out
+
+
+async def soak(args: argparse.Namespace) -> dict[str, Any]:
+    async with scratch_database(args.database_url, "signoff_soak") as url:
+        tokens = {role: make_token(url, f"soak-{role}", role)
+                  for role in ("requester", "approver")}
+        conn = await asyncpg.connect(plain_postgres_url(url))
+        holder = await asyncpg.connect(plain_postgres_url(url))
+        try:
+            autovacuum = await conn.fetchval("SHOW autovacuum")
+            if autovacuum != "on":
+                print("warning: autovacuum is off on this server: dead tuples are never "
+                      "removed, whatever the table's settings", flush=True)
+            if args.history:
+                started = time.perf_counter()
+                await conn.execute(HISTORY, args.history)
+                await conn.execute("VACUUM ANALYZE approval_requests")
+                print(f"preloaded {args.history:,} ended requests in "
+                      f"{time.perf_counter() - started:.1f} s", flush=True)
+            options = await conn.fetchval(
+                "SELECT reloptions FROM pg_class WHERE relname = 'approval_requests'")
+            print(f"approval_requests storage options: {options or 'server defaults'}",
+                  flush=True)
+            with tempfile.TemporaryDirectory(prefix="signoff-soak-") as tmp:
+                serves = []
+                try:
+                    for n in range(args.replicas):
+                        serves.append(await start_serve(url, Path(tmp) / f"serve{n}.log"))
+                    return await phases(args, conn, holder, serves, tokens, autovacuum)
+                finally:
+                    for serve in serves:
+                        serve.stop()
+        finally:
+            await holder.close()
+            await conn.close()
+
+
+async def phases(
+    args: argparse.Namespace, conn: Any, holder: Any, serves: list[Serve],
+    tokens: dict[str, str], autovacuum: str,
+) -> dict[str, Any]:
+    print(f"{args.replicas} replicas (pids {', '.join(str(s.pid) for s in serves)}), "
+          f"{args.rate:g} request lives/s: {args.minutes:g} min steady, then a transaction "
+          f"held open {args.long_tx_seconds:g} s, then {args.recovery_seconds:g} s more",
+          flush=True)
+    load = Load(serves, tokens, args.rate)
+    sampler = Sampler(conn, serves, load.calls, args.interval)
+    stop_sampling = asyncio.Event()
+    marks: dict[str, tuple[datetime, float]] = {}
+
+    async def mark(name: str) -> None:
+        marks[name] = (await holder.fetchval("SELECT clock_timestamp()"), time.monotonic())
+
+    await mark("start")
+    loader = asyncio.create_task(load.run())
+    sampling = asyncio.create_task(sampler.run(stop_sampling))
+    await asyncio.sleep(args.minutes * 60)
+    await mark("tx_start")
+    sampler.phase = "long-tx"
+    await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    await holder.fetchval("SELECT count(*) FROM approval_requests")  # takes the snapshot
+    await asyncio.sleep(args.long_tx_seconds)
+    await holder.execute("COMMIT")
+    await mark("tx_end")
+    sampler.phase = "recovery"
+    await asyncio.sleep(args.recovery_seconds)
+    await load.finish()
+    await loader
+    await asyncio.sleep(2)  # the last short deadlines
+    await mark("end")
+    stop_sampling.set()
+    await sampling
+
+    steady = await lateness_between(conn, marks["start"][0], marks["tx_start"][0])
+    threshold = max(0.25, 2 * (steady["p99_ms"] or 0) / 1000)
+    last_late = await conn.fetchval(LATE_AFTER, marks["tx_end"][0], threshold)
+    recovered = (0.0 if last_late is None
+                 else max(0.0, (last_late - marks["tx_end"][0]).total_seconds()))
+    figures = {
+        "replicas": args.replicas, "rate": args.rate, "minutes": args.minutes,
+        "long_tx_seconds": args.long_tx_seconds, "history": args.history,
+        "autovacuum": autovacuum, "lives": load.calls.lives,
+        "lateness": {
+            "steady": steady,
+            "long_tx": await lateness_between(conn, marks["tx_start"][0], marks["tx_end"][0]),
+            "recovery": await lateness_between(conn, marks["tx_end"][0], marks["end"][0]),
+        },
+        "api": {
+            "all": api_between(load.calls, marks["start"][1], marks["end"][1]),
+            "steady": api_between(load.calls, marks["start"][1], marks["tx_start"][1]),
+            "long_tx": api_between(load.calls, marks["tx_start"][1], marks["tx_end"][1]),
+        },
+        "rss": memory(sampler.samples, len(serves)),
+        "dead_tuples": {
+            "end_of_steady": None,
+            "max_long_tx": max((s.dead for s in sampler.samples if s.phase == "long-tx"),
+                               default=None),
+            "end": sampler.samples[-1].dead if sampler.samples else None,
+            "autovacuums": sampler.samples[-1].autovacuums if sampler.samples else None,
+        },
+        "recovery_threshold_ms": round(threshold * 1000, 1),
+        "recovery_seconds": round(recovered, 1),
+        "failures": load.calls.failures,
+    }
+    steady_samples = [s for s in sampler.samples if s.phase == "steady"]
+    if steady_samples:
+        figures["dead_tuples"]["end_of_steady"] = steady_samples[-1].dead
+    print(f"lateness p50/p99/max ms: steady {steady['p50_ms']}/{steady['p99_ms']}/"
+          f"{steady['max_ms']}, long transaction {figures['lateness']['long_tx']['p99_ms']} "
+          f"p99, after it {figures['lateness']['recovery']['p99_ms']} p99; back under "
+          f"{threshold * 1000:.0f} ms {recovered:.1f} s after the transaction ended")
+    print(f"API p99 {figures['api']['all']['p99_ms']} ms over "
+          f"{figures['api']['all']['calls']:,} calls; RSS MB/min per replica "
+          f"{[m['mb_per_minute'] for m in figures['rss']]}; failures {load.calls.failures}")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True,
+                        help="postgresql://user@host:port/db (a scratch database is made "
+                             "beside it and dropped at the end)")
+    parser.add_argument("--minutes", type=float, default=10, help="steady load before the "
+                                                                  "long transaction")
+    parser.add_argument("--rate", type=float, default=20, help="request lives started per s")
+    parser.add_argument("--long-tx-seconds", type=float, default=60,
+                        help="how long the snapshot-holding transaction stays open")
+    parser.add_argument("--recovery-seconds", type=float, default=60,
+                        help="load after the long transaction ends")
+    parser.add_argument("--interval", type=float, default=10, help="seconds per sample line")
+    parser.add_argument("--history", type=int, default=100_000,
+                        help="ended requests preloaded, as a service that has run a while")
+    parser.add_argument("--replicas", type=int, default=2, help="signoff serve processes")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    if not Settings(database_url=args.database_url).is_postgres:
+        raise SystemExit("bench/soak.py runs replicas on PostgreSQL: give a postgresql:// URL")
+    random.seed(args.seed)
+    figures = asyncio.run(soak(args))
+    print(json.dumps(figures))
+    if figures["failures"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
