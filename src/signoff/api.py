@@ -17,6 +17,7 @@ from signoff.http import body_or_raise, parse_filter_id, parse_id, read_body, re
 from signoff.lifecycle import IncidentStatus, RequestStatus, ResolutionType, Role
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
+from signoff.notify.reminders import first_reminder
 from signoff.schemas import (
     DecisionIn,
     FilterText,
@@ -72,6 +73,9 @@ async def _write(request: Request, work: Work) -> Any:
 
     result = await _db(request).run(collecting)
     _metrics(request).observe_events(written)
+    notifier = request.app.state.notifier
+    if written and notifier is not None:
+        notifier.wake()
     return result
 
 
@@ -216,6 +220,7 @@ async def create_request(
         data = {
             **body.model_dump(),
             "needs_analysis": settings.is_placeholder(body.action),
+            "next_reminder_at": first_reminder(now, expires_at, settings.reminders),
         }
         row, created = await store.create_request(
             conn, now, actor=who.name, data=data, expires_at=expires_at,

@@ -17,6 +17,9 @@ from signoff.db import Database
 from signoff.http import BodyLimit, TokenCache, install_error_handlers
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
+from signoff.notify.channels import build_senders, http_client
+from signoff.notify.presses import router as presses_router
+from signoff.notify.worker import Notifier
 from signoff.settings import Settings
 
 log = get_logger("signoff.app")
@@ -28,31 +31,43 @@ def create_app(
     db: Database | None = None,
     metrics: Metrics | None = None,
     run_resolver: bool = True,
+    run_notifier: bool | None = None,
 ) -> FastAPI:
-    """Build the app. The resolver runs inside it unless ``run_resolver`` is false."""
+    """Build the app. The resolver and the delivery worker run inside it unless
+    ``run_resolver`` (and ``run_notifier``, by default the same) is false."""
+    notifying = run_resolver if run_notifier is None else run_notifier
     database = db or Database.from_settings(settings)
     meters = metrics or Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task: asyncio.Task[Any] | None = None
+        tasks: list[asyncio.Task[Any]] = []
+        client = http_client()
+        app.state.http = client
+        if notifying:
+            senders = build_senders(database, settings, client)
+            notifier = Notifier(database, settings, meters, senders)
+            app.state.notifier = notifier
+            tasks.append(asyncio.create_task(notifier.run(stop), name="signoff-notify"))
         if run_resolver:
             from signoff.resolver import Resolver
 
             resolver = Resolver(database, settings, meters, listen_url=_listen_url(settings))
             app.state.resolver = resolver
-            task = asyncio.create_task(resolver.run(stop), name="signoff-resolver")
+            tasks.append(asyncio.create_task(resolver.run(stop), name="signoff-resolver"))
         log.info("serve_started", host=settings.host, port=settings.port,
-                 database=database.engine.dialect.name, resolver=run_resolver)
+                 database=database.engine.dialect.name, resolver=run_resolver,
+                 notifier=notifying)
         try:
             yield
         finally:
             stop.set()
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await client.aclose()
             if db is None:
                 await database.dispose()
 
@@ -66,9 +81,12 @@ def create_app(
     app.state.db = database
     app.state.metrics = meters
     app.state.resolver = None
+    app.state.notifier = None
+    app.state.http = None
     app.state.tokens = TokenCache()
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(presses_router)
     app.add_middleware(BodyLimit)
 
     @app.middleware("http")

@@ -1,4 +1,5 @@
-"""The ``signoff`` command: serve, migrate, make tokens, run the resolver alone."""
+"""The ``signoff`` command: serve, migrate, make tokens, run the resolver or the delivery
+worker alone."""
 
 from __future__ import annotations
 
@@ -195,6 +196,35 @@ def resolve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await resolver.run(stop)
+
+    run_async(lambda: _with_db(settings, work))
+
+
+@app.command()
+def notify(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Deliver what is due, then exit.")] = False,
+) -> None:
+    """Run the delivery worker alone: send the outbox's notifications, with retries."""
+    from signoff.metrics import Metrics
+    from signoff.notify.channels import build_senders, http_client
+    from signoff.notify.worker import Notifier
+
+    settings = load_settings(ctx)
+
+    async def work(db: Database) -> None:
+        await upgrade(db)
+        async with http_client() as client:
+            notifier = Notifier(db, settings, Metrics(), build_senders(db, settings, client))
+            if once:
+                attempted = await notifier.run_once()
+                err.print(f"attempted {attempted} notification(s)")
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await notifier.run(stop)
 
     run_async(lambda: _with_db(settings, work))
 

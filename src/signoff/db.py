@@ -19,6 +19,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from signoff.notify.outbox import OPTION as OUTBOX_OPTION
+from signoff.notify.outbox import Routing
 from signoff.settings import Settings
 
 T = TypeVar("T")
@@ -91,15 +93,24 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 class Database:
     """The engine, the clock and the unit of work. Built at the edge, passed down."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock | None = None) -> None:
-        self.engine = engine
+    def __init__(
+        self, engine: AsyncEngine, clock: Clock | None = None, routing: Routing | None = None
+    ) -> None:
+        # The channels that are on travel with every connection, so that the store writes
+        # their outbox rows wherever it writes audit events.
+        self.routing = routing
+        self.engine = engine if routing is None else engine.execution_options(
+            **{OUTBOX_OPTION: routing})
         self.is_postgres = engine.dialect.name == "postgresql"
         # A fixed clock is for tests: it replaces the database clock on every backend.
         self.clock = clock
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Database:
-        return cls(create_engine(settings), clock)
+        routing = Routing(
+            webhook=settings.webhook_url is not None, telegram=settings.telegram_enabled
+        )
+        return cls(create_engine(settings), clock, routing)
 
     async def now(self, conn: AsyncConnection) -> datetime:
         """The transaction's instant: the database clock on PostgreSQL, UTC elsewhere."""

@@ -55,6 +55,11 @@ class Metrics:
             "How long the oldest overdue pending request has been past its deadline (0: none).",
             registry=r,
         )
+        self.notifications = Counter(
+            "signoff_notifications_total",
+            "Notification delivery attempts, by channel and result (delivered, failed, dead).",
+            ["channel", "result"], registry=r,
+        )
         self.http_requests = Counter(
             "signoff_http_requests_total", "HTTP requests served, by route and status.",
             ["method", "route", "status"], registry=r,

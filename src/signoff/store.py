@@ -33,6 +33,7 @@ from signoff.lifecycle import (
     ResolutionType,
     Role,
 )
+from signoff.notify.outbox import enqueue_for_events
 from signoff.tables import approvals, events, incidents, knowledge, requests, tokens
 from signoff.views import action_summary, knowledge_summary
 
@@ -94,6 +95,7 @@ async def record_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
         for r in rows
     ]
     await conn.execute(events.insert(), full)
+    await enqueue_for_events(conn, full)
     # A caller that wants to know what its transaction did (metrics) collects them here.
     collected = conn.info.get(EVENTS_KEY)
     if collected is not None:
@@ -135,9 +137,12 @@ async def _insert_rows(
     if not rows:
         return
     same = same or {}
-    collected = conn.info.get(EVENTS_KEY) if table is events else None
-    if collected is not None:
-        collected.extend({**same, **row} for row in rows)
+    if table is events:
+        written = [{**same, **row} for row in rows]
+        await enqueue_for_events(conn, written)
+        collected = conn.info.get(EVENTS_KEY)
+        if collected is not None:
+            collected.extend(written)
     if conn.dialect.name != "postgresql":
         await conn.execute(table.insert(), [{**same, **row} for row in rows])
         return

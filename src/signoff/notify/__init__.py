@@ -1,0 +1,1 @@
+"""Notifications: an outbox written with every change, delivered by a worker with retries."""

@@ -1,0 +1,44 @@
+"""The channels that are on, built from settings: what the worker delivers with."""
+
+from __future__ import annotations
+
+import httpx
+
+from signoff.db import Database
+from signoff.notify.delivery import Sender
+from signoff.notify.outbox import Channel
+from signoff.notify.telegram import BotApi, TelegramSender
+from signoff.notify.webhook import SignedPoster
+from signoff.settings import Settings
+
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+def http_client() -> httpx.AsyncClient:
+    """One client per process for every delivery; redirects are not followed."""
+    return httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
+
+
+def bot_api(settings: Settings, client: httpx.AsyncClient) -> BotApi | None:
+    if settings.telegram_bot_token is None:
+        return None
+    return BotApi(client, settings.telegram_api_base,
+                  settings.telegram_bot_token.get_secret_value())
+
+
+def build_senders(
+    db: Database, settings: Settings, client: httpx.AsyncClient
+) -> dict[str, Sender]:
+    secret = None if settings.webhook_secret is None else (
+        settings.webhook_secret.get_secret_value())
+    senders: dict[str, Sender] = {
+        Channel.CALLBACK.value: SignedPoster(client, url=None, secret=secret),
+    }
+    if settings.webhook_url is not None:
+        senders[Channel.WEBHOOK.value] = SignedPoster(
+            client, url=settings.webhook_url, secret=secret)
+    api = bot_api(settings, client)
+    if api is not None and settings.telegram_chat_id is not None:
+        senders[Channel.TELEGRAM.value] = TelegramSender(
+            db, api, settings.telegram_chat_id, settings.zone)
+    return senders
