@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -29,6 +30,8 @@ from signoff.doctor import run_checks
 from signoff.settings import Settings, normalise_database_url
 
 SCALE = float(os.environ.get("SIGNOFF_RELIABILITY_SCALE", "1"))
+# Random choices are printed with their seed; set it to replay a run.
+SEED = int(os.environ.get("SIGNOFF_RELIABILITY_SEED", str(random.randrange(1 << 30))))
 
 
 def scaled(n: int) -> int:

@@ -22,6 +22,7 @@ from signoff.migrate import upgrade
 from tests.acceptance.conftest import _make_tokens
 from tests.reliability.faults import AnswerDropper, PrivatePostgres, postgres_bin
 from tests.reliability.harness import (
+    SEED,
     Fleet,
     Proc,
     assert_all_expired,
@@ -38,7 +39,6 @@ from tests.reliability.harness import (
 
 pytestmark = [pytest.mark.postgres, pytest.mark.reliability]
 
-SEED = int(os.environ.get("SIGNOFF_RELIABILITY_SEED", str(random.randrange(1 << 30))))
 BACKSTOP = 1.0
 FAST = {"SIGNOFF_RESOLVER_BACKSTOP": f"{BACKSTOP}s", "SIGNOFF_RESOLVER_BATCH_SIZE": "100"}
 
