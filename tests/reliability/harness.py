@@ -279,6 +279,7 @@ async def wait_drained(conn: asyncpg.Connection, *, within: float = 180) -> floa
     async def drained() -> bool:
         return await pending_count(conn) == 0
 
+    within *= max(1.0, SCALE)  # a larger backlog takes longer to drain
     return await wait_for(drained, within=within, every=0.02, what="the backlog to drain")
 
 

@@ -2,7 +2,8 @@
 
 After every fault a resolver (a fresh one, or the survivor) expires everything due, each
 request exactly once, and ``signoff doctor`` finds nothing. ``SIGNOFF_RELIABILITY_SCALE``
-multiplies the trials and the backlogs; ``SIGNOFF_RELIABILITY_SEED`` replays one run.
+multiplies the kill trials (each on a backlog of 4,000), the termination rounds, the lost
+answers and the backlogs of the other tests; ``SIGNOFF_RELIABILITY_SEED`` replays one run.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ async def test_kill_9_at_random_moments_during_a_drain(
     partial = 0
     trials = scaled(10)
     for trial in range(trials):
-        await preload(conn, scaled(4000), tag=f"trial{trial}")
+        await preload(conn, 4000, tag=f"trial{trial}")
         # The last kill leaves a half-drained backlog for the fresh resolver to finish.
         moment = "mid-drain" if trial == trials - 1 else moments[trial % len(moments)]
         proc: Proc = await (fleet.server(pg, **FAST) if trial % 3 == 2

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import _truncate
 from tests.reliability.harness import (
+    SCALE,
     Fleet,
     assert_all_expired,
     assert_exactly_once,
@@ -51,7 +52,8 @@ async def test_replicas_share_a_backlog_exactly_once(
     for proc in procs:
         await fleet.ready(proc)
     second = await preload(conn, scaled(4000), due="now() + interval '1 second'", tag="wave2")
-    await wait_for(lambda: _none_pending(conn), within=180, what="both waves to drain")
+    await wait_for(lambda: _none_pending(conn), within=180 * max(1.0, SCALE),
+                   what="both waves to drain")
 
     await assert_all_expired(conn)
     total = await conn.fetchval("SELECT count(*) FROM approval_requests")
@@ -101,7 +103,7 @@ async def _drain_rate(pg: str, fleet: Fleet, replicas: int, n: int) -> float:
     return n / elapsed
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(900 * max(1.0, SCALE))
 async def test_drain_rate_does_not_collapse_as_replicas_are_added(pg: str, fleet: Fleet) -> None:
     """The same backlog drained by 1, 2 and 4 replicas: more replicas never make it much
     slower. Rounds alternate the replica counts (the machine is shared, its load moves)
