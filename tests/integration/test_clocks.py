@@ -2,8 +2,8 @@
 
 - ``signoff serve`` whose process clock is an hour ahead of, or behind, PostgreSQL's
   gives the outcomes it gives on a true clock: deadlines, decisions, expiry, reads and
-  statistics all follow the database clock. The skew comes from ``faketime`` (Debian's
-  libfaketime, when installed: every clock call of the process is skewed) and, everywhere,
+  statistics all follow the database clock. The skew comes from libfaketime (Debian's
+  ``faketime``, when installed: every clock call of the process is skewed) and, everywhere,
   from a launcher that skews ``datetime.now`` and ``time.time`` as signoff's modules see
   them. On SQLite the process clock is the only clock, so the same skew shows: that run
   proves the scenario notices a clock that leaks.
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import glob
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -51,7 +52,9 @@ from tests.integration.store_support import new_incident, new_request
 
 HOUR = 3600.0
 MAX_TTL = timedelta(minutes=30)
-FAKETIME = shutil.which("faketime")
+# Preloaded into the server itself: the ``faketime`` command would fork it as a child of its
+# own, and a child left behind would go on expiring requests in the test database.
+LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
 
 # Starts ``signoff serve`` with the wall clock seen by signoff's modules moved by argv[1]
 # seconds: ``datetime.now``/``utcnow`` in every signoff module, and ``time.time``.
@@ -97,29 +100,46 @@ main()
 # -- a skewed server and the reference clock -----------------------------------------------
 
 
-def launch(how: str, skew: float) -> list[str]:
+def launch(how: str, skew: float) -> tuple[list[str], dict[str, str]]:
+    """The command and extra environment of a server whose wall clock is ``skew`` s off."""
     if how == "faketime":
-        assert FAKETIME is not None
-        offset = f"{'+' if skew >= 0 else '-'}{abs(skew):.0f}s"
-        return [FAKETIME, "-f", offset, sys.executable, "-m", "signoff", "serve"]
-    return [sys.executable, "-c", SKEWED_LAUNCHER, str(skew)]
+        assert LIBFAKETIME is not None
+        return [sys.executable, "-m", "signoff", "serve"], {
+            "LD_PRELOAD": LIBFAKETIME, "FAKETIME": f"{skew:+.0f}s",
+            # The wall clock is what drifts; timers keep their true pace.
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+    return [sys.executable, "-c", SKEWED_LAUNCHER, str(skew)], {}
+
+
+def stop(server: Server) -> None:
+    """Stop the server and anything it started: its whole process group."""
+    for client in server.clients.values():
+        client.close()
+    try:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(10)
+    except ProcessLookupError:
+        pass
 
 
 @contextmanager
 def skewed_server(database_url: str, workdir: Path, how: str, skew: float) -> Iterator[Server]:
     """``signoff serve`` whose process clock is ``skew`` seconds off the true one."""
     port = free_port()
+    command, skewing = launch(how, skew)
     env = {
         **os.environ, "SIGNOFF_DATABASE_URL": database_url, "SIGNOFF_PORT": str(port),
         "SIGNOFF_HOST": "127.0.0.1", "SIGNOFF_LOG_FORMAT": "json",
-        "SIGNOFF_MAX_TTL": f"{MAX_TTL.total_seconds():.0f}s",
-        # The wall clock is what drifts; timers keep their true pace.
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "SIGNOFF_MAX_TTL": f"{MAX_TTL.total_seconds():.0f}s", **skewing,
     }
     log_path = workdir / f"serve-{how}-{skew:+.0f}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(launch(how, skew), env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
     server = Server(url=f"http://127.0.0.1:{port}", env=env, process=process, log_path=log_path)
     try:
         deadline = time.monotonic() + 30
@@ -137,7 +157,7 @@ def skewed_server(database_url: str, workdir: Path, how: str, skew: float) -> It
         server.tokens.update(asyncio.run(_make_tokens(database_url, PRINCIPALS)))
         yield server
     finally:
-        server.stop()
+        stop(server)
 
 
 class Reference:
@@ -298,7 +318,7 @@ def _process_clock(server: Server) -> datetime:
 LAUNCHERS = [
     "patched",
     pytest.param("faketime", marks=pytest.mark.skipif(
-        FAKETIME is None, reason="faketime is not installed (apt-get install faketime)")),
+        LIBFAKETIME is None, reason="libfaketime is not installed (apt-get install faketime)")),
 ]
 
 
