@@ -182,34 +182,44 @@ async def test_lost_commit_answers_do_not_double_anything(
     await doctor_cli(pg)
 
 
-async def test_a_decision_whose_answer_was_lost_is_not_applied_twice(
+async def test_a_create_and_a_decision_whose_answers_were_lost_happen_once(
     pg: str, fleet: Fleet
 ) -> None:
-    """An approval commits, its answer is lost: the client sees a 503 and asks again; the
-    retry is told the request is already approved. One approval, one event."""
+    """A request is created with an ``Idempotency-Key`` and its answer is lost: the client
+    sees a 503, sends the same call again and gets the request that was made (200), not a
+    second one. Then an approval commits and its answer is lost: the retry is told the
+    request is already approved. One request, one approval, one event each."""
     port = int(pg.rsplit(":", 1)[1].split("/", 1)[0])
     database = pg.rsplit("/", 1)[1]
     tokens = await _make_tokens(pg, {"bot": "requester", "alice": "approver"})
-    async with AnswerDropper(port, b"approval_count + ", drops=1) as proxy:
+    async with AnswerDropper(port, b"INSERT INTO approval_requests", drops=1) as proxy:
         server = await fleet.server(proxy.url(database))
         await fleet.ready(server)
         assert server.url is not None
         async with httpx.AsyncClient(base_url=server.url + "/api/v1", timeout=30) as client:
 
-            def auth(who: str) -> dict[str, str]:
-                return {"Authorization": f"Bearer {tokens[who]}"}
+            def auth(who: str, **extra: str) -> dict[str, str]:
+                return {"Authorization": f"Bearer {tokens[who]}", **extra}
 
-            made = await client.post("/approvals", headers=auth("bot"),
-                                     json={"action": "restart web", "ttl_seconds": 600})
+            body = {"action": "restart web", "ttl_seconds": 600}
+            key = auth("bot", **{"Idempotency-Key": "restart-web-1"})
+            lost = await client.post("/approvals", headers=key, json=body)
+            assert lost.status_code == 503, lost.text
+            made = await client.post("/approvals", headers=key, json=body)
+            assert made.status_code == 200, made.text  # the one the lost answer was about
             rid = made.json()["id"]
+
+            proxy.marker, proxy.remaining = b"approval_count + ", 1
             lost = await client.post(f"/approvals/{rid}/approve", headers=auth("alice"))
             assert lost.status_code == 503, lost.text
             again = await client.post(f"/approvals/{rid}/approve", headers=auth("alice"))
             assert again.status_code == 409, again.text
             assert again.json()["error"]["status"] == "approved"
             events = (await client.get(f"/approvals/{rid}/events", headers=auth("bot"))).json()
+            listed = (await client.get("/approvals", headers=auth("bot"))).json()
         await server.stop()
-    assert proxy.dropped == [b"COMMIT"]
+    assert proxy.dropped == [b"COMMIT", b"COMMIT"]
+    assert [r["id"] for r in listed["items"]] == [rid]
     assert [e["to_status"] for e in events["items"]] == ["pending", "approved"]
     await doctor_cli(pg)
 
