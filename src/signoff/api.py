@@ -63,11 +63,14 @@ async def _write(request: Request, work: Work) -> Any:
 
     async def collecting(conn: AsyncConnection, now: datetime) -> Any:
         attempt: list[dict[str, Any]] = []
-        conn.info[store.EVENTS_KEY] = attempt
+        # Held here: once the connection is lost, ``conn.info`` raises and would hide the
+        # database's error (a 503) behind its own (a 500).
+        info = conn.info
+        info[store.EVENTS_KEY] = attempt
         try:
             result = await work(conn, now)
         finally:
-            conn.info.pop(store.EVENTS_KEY, None)
+            info.pop(store.EVENTS_KEY, None)
         written[:] = attempt  # only the attempt that committed counts
         return result
 
