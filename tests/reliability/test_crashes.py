@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from signoff.migrate import upgrade
 from tests.acceptance.conftest import _make_tokens
 from tests.reliability.faults import AnswerDropper, PrivatePostgres, postgres_bin
 from tests.reliability.harness import (
+    SCALE,
     SEED,
     Fleet,
     Proc,
@@ -159,6 +161,57 @@ async def test_connections_terminated_mid_drain(
             response = await client.get("/api/v1/approvals", params={"limit": 1})
             assert response.status_code == 200, response.text
     await assert_all_expired(conn)
+    await doctor_cli(pg)
+
+
+async def test_http_while_connections_are_terminated_answers_503_never_500(
+    pg: str, conn: asyncpg.Connection, fleet: Fleet, rng: random.Random
+) -> None:
+    """Clients create, approve and list through two servers while every signoff connection
+    is terminated again and again: a call that loses its connection answers 503 (retry),
+    never 500, and the HTTP connection stays usable."""
+    servers = [await fleet.server(pg, **FAST) for _ in range(2)]
+    for server in servers:
+        await fleet.ready(server)
+    tokens = await _make_tokens(pg, {"bot": "requester", "alice": "approver", "viewer": "viewer"})
+    answers: Counter[str] = Counter()
+    stop = time.monotonic() + 10 * SCALE
+
+    async def call(client: httpx.AsyncClient, method: str, path: str, who: str,
+                   **kwargs: Any) -> httpx.Response:
+        response = await client.request(
+            method, path, headers={"Authorization": f"Bearer {tokens[who]}"}, **kwargs)
+        answers[f"{method} {path.rsplit('/', 1)[-1]} {response.status_code}"] += 1
+        assert response.status_code < 500 or response.status_code == 503, response.text
+        return response
+
+    async def traffic(client: httpx.AsyncClient) -> None:
+        while time.monotonic() < stop:
+            made = await call(client, "POST", "/approvals", "bot",
+                              json={"action": "restart web", "ttl_seconds": 1})
+            if made.status_code == 201:
+                await call(client, "POST", f"/approvals/{made.json()['id']}/approve", "alice")
+            await call(client, "GET", "/approvals", "viewer")
+
+    async def terminate() -> int:
+        terminated = 0
+        while time.monotonic() < stop:
+            await asyncio.sleep(rng.uniform(0.05, 0.3))
+            terminated += await terminate_signoff_backends(conn)
+        return terminated
+
+    clients = [httpx.AsyncClient(base_url=f"{s.url}/api/v1", timeout=30)
+               for s in servers for _ in range(3)]
+    try:
+        terminated, *_ = await asyncio.gather(terminate(), *(traffic(c) for c in clients))
+    finally:
+        for client in clients:
+            await client.aclose()
+    print(f"terminated {terminated} connections; answers {dict(sorted(answers.items()))}")
+    assert terminated > 0
+    assert any(k.endswith(" 503") for k in answers), "no call met a terminated connection"
+    await wait_drained(conn, within=60)
+    await assert_exactly_once(conn)
     await doctor_cli(pg)
 
 
@@ -317,3 +370,32 @@ async def test_postgres_stopped_immediately_and_started_again(
         assert retries, "the outage went unnoticed"
         assert all(r <= BACKSTOP for r in retries), retries
     await doctor_cli(url)
+
+
+def test_an_unhandled_error_logged_by_a_library_keeps_its_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """uvicorn logs "Exception in ASGI application" through the standard library: in JSON
+    the record must carry the traceback, or a crash in production cannot be diagnosed."""
+    import json
+    import logging
+
+    import structlog
+
+    from signoff.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, structlog.get_config()
+    try:
+        configure_logging("info", "json")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+        record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    finally:
+        root.handlers[:], level, config = saved
+        root.setLevel(level)
+        structlog.configure(**config)
+    assert record["event"] == "Exception in ASGI application"
+    assert "Traceback" in record["exception"] and "RuntimeError: boom" in record["exception"]
