@@ -210,6 +210,13 @@ async def test_http_while_connections_are_terminated_answers_503_never_500(
     print(f"terminated {terminated} connections; answers {dict(sorted(answers.items()))}")
     assert terminated > 0
     assert any(k.endswith(" 503") for k in answers), "no call met a terminated connection"
+    # Once the terminations stop, no connection left in a pool is broken: every call works.
+    async with httpx.AsyncClient(timeout=30) as client:
+        for server in servers:
+            for _ in range(20):
+                made = await call(client, "POST", f"{server.url}/api/v1/approvals", "bot",
+                                  json={"action": "restart web", "ttl_seconds": 1})
+                assert made.status_code == 201, made.text
     await wait_drained(conn, within=60)
     await assert_exactly_once(conn)
     await doctor_cli(pg)
