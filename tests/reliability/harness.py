@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import sqlalchemy as sa
 
 from signoff.db import Database
 from signoff.doctor import run_checks
@@ -42,6 +43,13 @@ def scaled(n: int) -> int:
 def plain_url(url: str) -> str:
     """The ``postgresql://`` form asyncpg takes."""
     return "postgresql://" + normalise_database_url(url).split("://", 1)[1]
+
+
+def port_and_database(url: str) -> tuple[int, str]:
+    """Where a PostgreSQL URL points: the port (for a proxy in front of it) and the database."""
+    parsed = sa.make_url(plain_url(url))
+    assert parsed.database is not None
+    return parsed.port or 5432, parsed.database
 
 
 def free_port() -> int:
