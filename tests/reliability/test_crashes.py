@@ -79,6 +79,7 @@ async def restart_drains_everything(pg: str, conn: asyncpg.Connection, fleet: Fl
     return took
 
 
+@pytest.mark.timeout(900 * max(1.0, SCALE))
 async def test_kill_9_at_random_moments_during_a_drain(
     pg: str, conn: asyncpg.Connection, fleet: Fleet, rng: random.Random
 ) -> None:

@@ -35,6 +35,7 @@ from signoff.db import Database
 from signoff.settings import Settings
 from tests.acceptance.conftest import _make_tokens
 from tests.reliability.harness import (
+    SCALE,
     SEED,
     Fleet,
     assert_exactly_once,
@@ -245,6 +246,8 @@ def store_front(db: Database) -> tuple[Create, Decide]:
     return create, decide
 
 
+# Generous: on a shared machine the run can take twice its usual two minutes.
+@pytest.mark.timeout(900 * max(1.0, SCALE))
 async def test_ten_thousand_decisions_through_the_store(
     pg: str, conn: asyncpg.Connection, fleet: Fleet
 ) -> None:
@@ -272,6 +275,8 @@ async def test_ten_thousand_decisions_through_the_store(
 # -- over HTTP ------------------------------------------------------------------------
 
 
+# Generous: on a shared machine the run can take twice its usual two minutes.
+@pytest.mark.timeout(900 * max(1.0, SCALE))
 async def test_decisions_over_http_never_answer_5xx(
     pg: str, conn: asyncpg.Connection, fleet: Fleet
 ) -> None:
