@@ -20,6 +20,7 @@ import os
 import pwd
 import shutil
 import struct
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,16 @@ _GSSENC_REQUEST = 80877104
 
 
 def postgres_bin() -> Path | None:
-    """The directory of the newest installed server's binaries, if any."""
+    """The directory of the server's binaries (``initdb``, ``pg_ctl``), if installed.
+
+    ``pg_config --bindir`` first; then Debian's versioned layout, newest first; then PATH.
+    """
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
+                               check=False).stdout.strip()
+        if found and (Path(found) / "initdb").exists():
+            return Path(found)
     candidates = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"),
         key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
