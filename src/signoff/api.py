@@ -319,7 +319,10 @@ async def _transition(
     return out
 
 
-def _check_decidable(actor: str) -> Callable[[AsyncConnection, datetime, uuid.UUID], Any]:
+def _check_decidable(
+    actor: str, *, approving: bool
+) -> Callable[[AsyncConnection, datetime, uuid.UUID], Any]:
+    """Who/what/state refusals of a decision, for a call whose body is also invalid."""
     async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
         row = await store.get_request(conn, rid)
         if row["requested_by"] == actor:
@@ -327,38 +330,40 @@ def _check_decidable(actor: str) -> Callable[[AsyncConnection, datetime, uuid.UU
         if row["status"] != RequestStatus.PENDING or row["expires_at"] <= now:
             status = row["status"] if row["status"] != RequestStatus.PENDING else "expired"
             raise errors.RequestNotPending(f"the request is already {status}", status=status)
-        votes = await queries.approvals_of(conn, [rid])
-        if any(v["approver"] == actor for v in votes[rid]):
-            raise errors.AlreadyApproved(status=row["status"])
+        if approving:
+            votes = await queries.approvals_of(conn, [rid])
+            if any(v["approver"] == actor for v in votes[rid]):
+                raise errors.AlreadyApproved(status=row["status"])
 
     return check
+
+
+async def _decide(request: Request, request_id: str, who: store.Principal, verb: str) -> Any:
+    transition = store.approve_request if verb == "approve" else store.reject_request
+
+    async def act(conn: AsyncConnection, now: datetime, rid: uuid.UUID, body: Any) -> Any:
+        return await transition(conn, now, rid, actor=who.name, comment=body.comment)
+
+    check = _check_decidable(who.name, approving=verb == "approve")
+    out = await _transition(request, request_id, DecisionIn, check, act)
+    log.info("request_decided", request_id=out["id"], by=who.name, decision=verb,
+             status=out["status"])
+    return out
 
 
 @router.post("/approvals/{request_id}/approve", tags=["approvals"],
              openapi_extra=_body_doc(DecisionIn, required=False))
 async def approve(request_id: str, request: Request, who: Approver) -> dict[str, Any]:
     """Approve; with ``required_approvals`` > 1 the request waits for more approvers."""
-
-    async def act(conn: AsyncConnection, now: datetime, rid: uuid.UUID, body: Any) -> Any:
-        return await store.approve_request(conn, now, rid, actor=who.name, comment=body.comment)
-
-    out = await _transition(request, request_id, DecisionIn, _check_decidable(who.name), act)
-    log.info("request_decided", request_id=out["id"], by=who.name, decision="approve",
-             status=out["status"])
+    out: dict[str, Any] = await _decide(request, request_id, who, "approve")
     return out
 
 
 @router.post("/approvals/{request_id}/reject", tags=["approvals"],
              openapi_extra=_body_doc(DecisionIn, required=False))
 async def reject(request_id: str, request: Request, who: Approver) -> dict[str, Any]:
-    """Reject; one reject ends the request."""
-
-    async def act(conn: AsyncConnection, now: datetime, rid: uuid.UUID, body: Any) -> Any:
-        return await store.reject_request(conn, now, rid, actor=who.name, comment=body.comment)
-
-    out = await _transition(request, request_id, DecisionIn, _check_decidable(who.name), act)
-    log.info("request_decided", request_id=out["id"], by=who.name, decision="reject",
-             status=out["status"])
+    """Reject; one reject ends the request, whatever approvals it already had."""
+    out: dict[str, Any] = await _decide(request, request_id, who, "reject")
     return out
 
 

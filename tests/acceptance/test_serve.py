@@ -192,3 +192,13 @@ def test_a_second_vote_with_a_bad_body_is_still_a_conflict(server: Server) -> No
     again = alice.post(f"/approvals/{rid}/approve", json={"comment": 5})
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "already_approved"
+
+
+def test_an_earlier_approver_may_still_reject_and_a_bad_body_says_why(server: Server) -> None:
+    bot, alice = server.client("bot"), server.client("alice")
+    rid = bot.post("/approvals", json={"action": "a", "required_approvals": 2}).json()["id"]
+    assert alice.post(f"/approvals/{rid}/approve").status_code == 200
+    bad = alice.post(f"/approvals/{rid}/reject", json={"comment": 5})
+    assert bad.status_code == 422  # content, not a conflict: rejecting is still allowed
+    done = alice.post(f"/approvals/{rid}/reject", json={"comment": "on second thought"})
+    assert done.status_code == 200 and done.json()["status"] == "rejected"
