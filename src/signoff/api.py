@@ -323,17 +323,13 @@ def _check_decidable(
     actor: str, *, approving: bool
 ) -> Callable[[AsyncConnection, datetime, uuid.UUID], Any]:
     """Who/what/state refusals of a decision, for a call whose body is also invalid."""
+
     async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
-        row = await store.get_request(conn, rid)
-        if row["requested_by"] == actor:
-            raise errors.Forbidden("you may not decide your own request")
-        if row["status"] != RequestStatus.PENDING or row["expires_at"] <= now:
-            status = row["status"] if row["status"] != RequestStatus.PENDING else "expired"
-            raise errors.RequestNotPending(f"the request is already {status}", status=status)
-        if approving:
-            votes = await queries.approvals_of(conn, [rid])
-            if any(v["approver"] == actor for v in votes[rid]):
-                raise errors.AlreadyApproved(status=row["status"])
+        refusal = await store.explain_refusal(
+            conn, now, rid, actor, own=False, approving=approving
+        )
+        if refusal is not None:
+            raise refusal
 
     return check
 
@@ -396,18 +392,9 @@ async def report_outcome(request_id: str, request: Request, who: Requester) -> d
         )
 
     async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
-        row = await store.get_request(conn, rid)
-        if not admin and row["requested_by"] != who.name:
-            raise errors.Forbidden("only the requester may report the outcome")
-        if row["status"] != RequestStatus.APPROVED:
-            status = "expired" if (
-                row["status"] == RequestStatus.PENDING and row["expires_at"] <= now
-            ) else row["status"]
-            raise errors.RequestNotPending(
-                f"only an approved request has an outcome; this one is {status}", status=status
-            )
-        if row["outcome_at"] is not None:
-            raise errors.OutcomeAlreadyReported(status=row["status"])
+        refusal = await store.explain_outcome_refusal(conn, now, rid, who.name, admin=admin)
+        if refusal is not None:
+            raise refusal
 
     rid = parse_id(request_id, errors.RequestNotFound)
     out = await _transition(request, request_id, OutcomeIn, check, act)

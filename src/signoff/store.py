@@ -470,11 +470,12 @@ async def get_request(conn: AsyncConnection, request_id: uuid.UUID) -> Row:
     return row
 
 
-async def _explain_refusal(
+async def explain_refusal(
     conn: AsyncConnection, now: datetime, request_id: uuid.UUID, actor: str,
     *, own: bool | None, approving: bool = False,
-) -> errors.SignoffError:
-    """After a guarded statement matched nothing: say why, in the contract's order."""
+) -> errors.SignoffError | None:
+    """Why ``actor`` may not move this request now, in the contract's order (who, what,
+    state, content); None if nothing stands in the way."""
     row = await get_request(conn, request_id)
     if own is False and row["requested_by"] == actor:
         return errors.Forbidden("you may not decide your own request")
@@ -486,9 +487,29 @@ async def _explain_refusal(
         )
     if row["expires_at"] <= now:
         return errors.RequestNotPending("the request has expired", status="expired")
-    if approving and row["needs_analysis"]:
-        return errors.NeedsAnalysis()
-    return errors.Conflict("the request changed; try again", status=row["status"])
+    if approving:
+        votes = await conn.execute(
+            sa.select(approvals.c.approver).where(
+                approvals.c.request_id == request_id, approvals.c.approver == actor
+            )
+        )
+        if votes.first() is not None:
+            return errors.AlreadyApproved(status=row["status"])
+        if row["needs_analysis"]:
+            return errors.NeedsAnalysis()
+    return None
+
+
+async def _refusal(
+    conn: AsyncConnection, now: datetime, request_id: uuid.UUID, actor: str,
+    *, own: bool | None, approving: bool = False,
+) -> errors.SignoffError:
+    """After a guarded statement matched nothing: the reason, or a retryable conflict."""
+    found = await explain_refusal(conn, now, request_id, actor, own=own, approving=approving)
+    if found is not None:
+        return found
+    status = (await get_request(conn, request_id))["status"]
+    return errors.Conflict("the request changed; try again", status=status)
 
 
 def _pending_guard(request_id: uuid.UUID, now: datetime) -> sa.ColumnElement[bool]:
@@ -542,7 +563,7 @@ async def approve_request(
             if vote is None:
                 raise errors.AlreadyApproved(status=PENDING)
     if row is None:
-        raise await _explain_refusal(conn, now, request_id, actor, own=False, approving=True)
+        raise await _refusal(conn, now, request_id, actor, own=False, approving=True)
     done = row["status"] == "approved"
     await record_events(conn, [{
         "at": now,
@@ -574,7 +595,7 @@ async def _end_request(
         )
     ).mappings().first()
     if row is None:
-        raise await _explain_refusal(conn, now, request_id, actor, own=None if admin else own)
+        raise await _refusal(conn, now, request_id, actor, own=None if admin else own)
     await record_events(conn, [{
         "at": now, "kind": kind, "actor": actor, "request_id": request_id,
         "incident_id": row["incident_id"], "from_status": PENDING, "to_status": status.value,
@@ -612,6 +633,25 @@ async def cancel_request(
     )
 
 
+async def explain_outcome_refusal(
+    conn: AsyncConnection, now: datetime, request_id: uuid.UUID, actor: str, *, admin: bool
+) -> errors.SignoffError | None:
+    """Why ``actor`` may not report this request's outcome now; None if it may."""
+    current = await get_request(conn, request_id)
+    if not admin and current["requested_by"] != actor:
+        return errors.Forbidden("only the requester may report the outcome")
+    if current["status"] != "approved":
+        status = "expired" if (
+            current["status"] == PENDING and current["expires_at"] <= now
+        ) else current["status"]
+        return errors.RequestNotPending(
+            f"only an approved request has an outcome; this one is {status}", status=status
+        )
+    if current["outcome_at"] is not None:
+        return errors.OutcomeAlreadyReported(status=current["status"])
+    return None
+
+
 async def report_outcome(
     conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
     succeeded: bool, detail: str | None = None, admin: bool = False,
@@ -631,17 +671,8 @@ async def report_outcome(
         )
     ).mappings().first()
     if row is None:
-        current = await get_request(conn, request_id)
-        if not admin and current["requested_by"] != actor:
-            raise errors.Forbidden("only the requester may report the outcome")
-        if current["status"] != "approved":
-            status = "expired" if (
-                current["status"] == PENDING and current["expires_at"] <= now
-            ) else current["status"]
-            raise errors.RequestNotPending(
-                f"only an approved request has an outcome; this one is {status}", status=status
-            )
-        raise errors.OutcomeAlreadyReported(status=current["status"])
+        refusal = await explain_outcome_refusal(conn, now, request_id, actor, admin=admin)
+        raise refusal or errors.Conflict("the request changed; try again", status="approved")
     await record_events(conn, [{
         "at": now, "kind": EventKind.REQUEST_OUTCOME, "actor": actor, "request_id": request_id,
         "incident_id": row["incident_id"], "from_status": "approved", "to_status": "approved",
