@@ -30,6 +30,7 @@ from signoff.schemas import (
 )
 from signoff.settings import Settings
 from signoff.views import event_view, incident_view, knowledge_view, request_view
+from signoff.watchdog import Thresholds, run_watchdogs
 
 log = get_logger("signoff.api")
 router = APIRouter(prefix="/api/v1")
@@ -443,3 +444,12 @@ async def stats(
     async with _db(request).begin(readonly=True) as conn:
         return await queries.compute_stats(conn, since=start, until=end)
 
+
+@router.get("/watchdog", tags=["operations"])
+async def watchdog(request: Request, _: Viewer) -> dict[str, Any]:
+    """The watchdogs' findings now, computed from the database: ``{"checks": [...]}``."""
+    thresholds = Thresholds.from_settings(_settings(request))
+    checks = await _db(request).run(
+        lambda conn, now: run_watchdogs(conn, now, thresholds), readonly=True
+    )
+    return {"checks": [c.as_json() for c in checks]}

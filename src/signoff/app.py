@@ -21,6 +21,7 @@ from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
 from signoff.notify.worker import Notifier
 from signoff.settings import Settings
+from signoff.watchdog import Watchman
 
 log = get_logger("signoff.app")
 
@@ -32,10 +33,13 @@ def create_app(
     metrics: Metrics | None = None,
     run_resolver: bool = True,
     run_notifier: bool | None = None,
+    run_watchdog: bool | None = None,
 ) -> FastAPI:
-    """Build the app. The resolver and the delivery worker run inside it unless
-    ``run_resolver`` (and ``run_notifier``, by default the same) is false."""
+    """Build the app. The resolver, the delivery worker and the watchdogs run inside it
+    unless ``run_resolver`` (and ``run_notifier``, ``run_watchdog``, by default the same)
+    is false."""
     notifying = run_resolver if run_notifier is None else run_notifier
+    watching = run_resolver if run_watchdog is None else run_watchdog
     database = db or Database.from_settings(settings)
     meters = metrics or Metrics()
 
@@ -56,6 +60,9 @@ def create_app(
             resolver = Resolver(database, settings, meters, listen_url=_listen_url(settings))
             app.state.resolver = resolver
             tasks.append(asyncio.create_task(resolver.run(stop), name="signoff-resolver"))
+        if watching:
+            watchman = Watchman(database, settings, meters)
+            tasks.append(asyncio.create_task(watchman.run(stop), name="signoff-watchdog"))
         log.info("serve_started", host=settings.host, port=settings.port,
                  database=database.engine.dialect.name, resolver=run_resolver,
                  notifier=notifying)

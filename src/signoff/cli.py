@@ -291,5 +291,47 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command()
+def watchdog(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Run the watchdogs once on the database; exit 1 when any finds something."""
+    import json
+
+    from signoff.watchdog import Thresholds, run_watchdogs
+
+    settings = load_settings(ctx)
+    thresholds = Thresholds.from_settings(settings)
+
+    async def work(db: Database) -> Any:
+        return await db.run(
+            lambda conn, now: run_watchdogs(conn, now, thresholds), readonly=True
+        )
+
+    checks = run_async(lambda: _with_db(settings, work))
+    if as_json:
+        print(json.dumps({"checks": [c.as_json() for c in checks]}, indent=2))
+    else:
+        from rich.table import Table
+
+        out = Console()
+        table = Table("check", "found", "name", "threshold")
+        for c in checks:
+            found = ("[dim]off[/]" if not c.applies
+                     else f"[bold red]{c.count}[/]" if c.count else "[green]0[/]")
+            table.add_row(c.id, found, c.name, c.threshold)
+        out.print(table)
+        for c in checks:
+            for finding in c.findings:
+                subject = next((f"{k} {v}" for k, v in finding.items() if k != "detail"), "")
+                out.print(f"  [red]{c.id}[/] {subject}: {finding['detail']}", markup=True,
+                          highlight=False)
+            if c.count > len(c.findings):
+                out.print(f"  [red]{c.id}[/] … and {c.count - len(c.findings)} more")
+    if any(c.count for c in checks):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()

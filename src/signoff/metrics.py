@@ -60,6 +60,15 @@ class Metrics:
             "Notification delivery attempts, by channel and result (delivered, failed, dead).",
             ["channel", "result"], registry=r,
         )
+        self.watchdog_findings = Gauge(
+            "signoff_watchdog_findings",
+            "Findings of each watchdog check at its last run (0: nothing found).",
+            ["check", "name"], registry=r,
+        )
+        self.watchdog_last_run = Gauge(
+            "signoff_watchdog_last_run_timestamp_seconds",
+            "When the watchdogs last ran to the end (Unix time).", registry=r,
+        )
         self.http_requests = Counter(
             "signoff_http_requests_total", "HTTP requests served, by route and status.",
             ["method", "route", "status"], registry=r,

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = None
     telegram_approvers: str = ""
     reminder_fractions: str = "0.5,0.9"
+    # Watchdogs (checked in serve every interval, and when read).
+    watchdog_interval: Duration = timedelta(seconds=30)
+    watchdog_notify_grace: Duration = timedelta(seconds=120)
+    watchdog_outcome_limit: Duration = timedelta(hours=1)
+    watchdog_dead_window: Duration = timedelta(hours=24)
+    watchdog_orphan_grace: Duration = timedelta(minutes=15)
 
     @field_validator("database_url")
     @classmethod

@@ -150,6 +150,13 @@ requests = sa.Table(
         postgresql_where=sa.text("status = 'pending' AND next_reminder_at IS NOT NULL"),
         sqlite_where=sa.text("status = 'pending' AND next_reminder_at IS NOT NULL"),
     ),
+    # Approved requests still waiting for their outcome (a watchdog's, the doctor's).
+    sa.Index(
+        "ix_approval_requests_awaiting_outcome",
+        "decided_at",
+        postgresql_where=sa.text("status = 'approved' AND outcome_at IS NULL"),
+        sqlite_where=sa.text("status = 'approved' AND outcome_at IS NULL"),
+    ),
     sa.Index(None, "incident_id", "status"),
     sa.Index(None, "created_at", "id"),
     sa.Index(None, "status", "created_at"),

@@ -249,10 +249,14 @@ async def mark_delivered(
 async def mark_failed(
     conn: AsyncConnection, now: datetime, item: Row, error: str, *, retry_at: datetime | None
 ) -> bool:
-    """Record a failed attempt: try again at ``retry_at``, or give up (``dead``) if None."""
+    """Record a failed attempt: try again at ``retry_at``, or give up (``dead``) if None.
+
+    A dead item's ``next_attempt_at`` is the moment it was given up on (the watchdog's
+    window of dead items counts from it)."""
     values: dict[str, Any] = {"last_error": error[:2000]}
     if retry_at is None:
         values["status"] = ItemStatus.DEAD.value
+        values["next_attempt_at"] = now
     else:
         values["next_attempt_at"] = retry_at
     result = await conn.execute(outbox.update().where(_claimed(item)).values(**values))
