@@ -11,7 +11,10 @@ plain asyncpg connections do the same writes for as long, each step one transact
 insert the request and its audit event; then the guarded update (``status = 'pending'
 AND expires_at > now()``), the vote for an approval, and the audit event. Reported for
 both: calls/s, create-and-decide pairs/s and p50/p99 latency per kind of call; the ratio
-is signoff's pairs/s over plain SQL's. The last line printed is one JSON object.
+is signoff's pairs/s over plain SQL's. The CPU time the server process and the load
+generator (this process) spent in the measured window is reported per call, and the
+machine's load average before each side: everything shares the same cores. The last line
+printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -167,6 +170,9 @@ class Tally:
     failures: dict[str, int] = field(default_factory=dict)
     started: float = 0.0
     ended: float = 0.0
+    # CPU seconds spent in the measured window: by the server process, by this process.
+    server_cpu: float | None = None
+    client_cpu: float = 0.0
 
     def add(self, kind: str, began: float, took: float) -> None:
         if self.started <= began and began + took <= self.ended:
@@ -191,6 +197,11 @@ class Tally:
             "p50_ms": round(quantile(every, 0.50) * 1000, 2),
             "p99_ms": round(quantile(every, 0.99) * 1000, 2),
         }
+        calls = self.calls() or 1
+        if self.server_cpu is not None:
+            out["server_cpu_ms_per_call"] = round(self.server_cpu / calls * 1000, 2)
+            out["server_cpu_share"] = round(self.server_cpu / self.seconds, 2)
+        out["client_cpu_ms_per_call"] = round(self.client_cpu / calls * 1000, 2)
         for kind, values in sorted(self.latencies.items()):
             out[f"{kind}_p50_ms"] = round(quantile(values, 0.50) * 1000, 2)
             out[f"{kind}_p99_ms"] = round(quantile(values, 0.99) * 1000, 2)
@@ -199,14 +210,29 @@ class Tally:
         return out
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def drive(
     clients: int, warmup: float, seconds: float,
-    step: Callable[[int, int, Tally], Awaitable[None]],
+    step: Callable[[int, int, Tally], Awaitable[None]], server_pid: int | None = None,
 ) -> Tally:
     """Run ``step(client, i, tally)`` in a loop on each client; measure after the warmup."""
     tally = Tally()
     now = time.perf_counter()
     tally.started, tally.ended = now + warmup, now + warmup + seconds
+
+    async def meter() -> None:
+        await asyncio.sleep(warmup)
+        server = process_cpu(server_pid) if server_pid is not None else 0.0
+        client = time.process_time()
+        await asyncio.sleep(max(0.0, tally.ended - time.perf_counter()))
+        if server_pid is not None:
+            tally.server_cpu = process_cpu(server_pid) - server
+        tally.client_cpu = time.process_time() - client
 
     async def loop(client: int) -> None:
         i = 0
@@ -214,7 +240,7 @@ async def drive(
             await step(client, i, tally)
             i += 1
 
-    await asyncio.gather(*(loop(c) for c in range(clients)))
+    await asyncio.gather(meter(), *(loop(c) for c in range(clients)))
     return tally
 
 
@@ -250,7 +276,7 @@ async def bench_signoff(serve: Serve, tokens: dict[str, str], args: argparse.Nam
             tally.fail(f"{verb} {decided.status_code}")
 
     try:
-        return await drive(args.clients, args.warmup, args.seconds, step)
+        return await drive(args.clients, args.warmup, args.seconds, step, serve.pid)
     finally:
         await bot.aclose()
         await alice.aclose()
@@ -336,6 +362,10 @@ async def bench_raw(database_url: str, args: argparse.Namespace) -> Tally:
 # -- main -----------------------------------------------------------------------------------
 
 
+def load_average() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
 def report(label: str, tally: Tally) -> dict[str, Any]:
     figures = tally.figures()
     print(f"{label:9} {tally.calls():>7,} calls in {tally.seconds:.0f} s: "
@@ -343,6 +373,11 @@ def report(label: str, tally: Tally) -> dict[str, Any]:
           f"create+decide/s; create p50 {figures['create_p50_ms']:.1f} ms p99 "
           f"{figures['create_p99_ms']:.1f} ms; decide p50 {figures['decide_p50_ms']:.1f} ms "
           f"p99 {figures['decide_p99_ms']:.1f} ms", flush=True)
+    server = (f"server {figures['server_cpu_ms_per_call']:.2f} ms "
+              f"({figures['server_cpu_share']:.0%} of a core), "
+              if "server_cpu_ms_per_call" in figures else "")
+    print(f"{label:9} CPU per call: {server}load generator "
+          f"{figures['client_cpu_ms_per_call']:.2f} ms", flush=True)
     if tally.failures:
         print(f"{label:9} failures: {tally.failures}", flush=True)
     return figures
@@ -356,15 +391,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             serve = await start_serve(url, Path(tmp) / "serve.log")
             try:
                 print(f"{args.clients} clients, {args.warmup:g} s warm-up then "
-                      f"{args.seconds:g} s measured, on PostgreSQL", flush=True)
+                      f"{args.seconds:g} s measured, on PostgreSQL, {os.cpu_count()} cores; "
+                      f"load average {load_average()}", flush=True)
                 signoff = report("signoff", await bench_signoff(serve, tokens, args))
             finally:
                 serve.stop()
+            before_raw = load_average()
             raw = report("plain SQL", await bench_raw(url, args))
     ratio = round(signoff["pairs_per_s"] / raw["pairs_per_s"], 3) if raw["pairs_per_s"] else None
     print(f"signoff does {ratio} of plain SQL's create+decide pairs per second")
+    print(f"load average {before_raw} before plain SQL, {load_average()} at the end")
     return {"database": "postgresql", "clients": args.clients, "seconds": args.seconds,
-            "signoff": signoff, "raw": raw, "ratio": ratio}
+            "cores": os.cpu_count(), "signoff": signoff, "raw": raw, "ratio": ratio}
 
 
 def main() -> None:
