@@ -23,6 +23,7 @@ from signoff.notify import outbox
 from signoff.notify.channels import build_senders
 from signoff.notify.worker import Notifier
 from signoff.settings import Settings
+from signoff.watchdog import Thresholds, run_watchdogs
 from tests.conftest import FakeClock
 from tests.integration.api_support import Api, api_for
 from tests.integration.notify_support import Answer, FakeBotApi, serving
@@ -76,11 +77,16 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(db_url: str, bot: FakeBotApi, clock: FakeClock) -> AsyncIterator[Rig]:
+def zone() -> str:
+    return "Asia/Taipei"
+
+
+@pytest.fixture
+async def rig(db_url: str, bot: FakeBotApi, clock: FakeClock, zone: str) -> AsyncIterator[Rig]:
     settings = Settings(
         database_url=db_url, telegram_bot_token=TOKEN, telegram_chat_id=CHAT,
         telegram_api_base=bot.url, telegram_webhook_secret=SECRET,
-        telegram_approvers=f"{ALICE}=alice,{BOB}=bob", display_tz="Asia/Taipei",
+        telegram_approvers=f"{ALICE}=alice,{BOB}=bob", display_tz=zone,
         notify_max_attempts=8,
     )
     db = Database.from_settings(settings, clock=clock)
@@ -235,7 +241,15 @@ async def test_telegram_down_for_a_while_then_recovery_without_duplicate_cards(
     assert {i["attempts"] for i in items} == {4}
 
 
-async def test_reminders_once_each_on_the_channels_that_carried_the_card(rig: Rig) -> None:
+@pytest.mark.parametrize(("zone", "shown"), [
+    ("UTC", "deadline 2026-01-01 20:01 UTC (UTC)"),
+    ("Asia/Taipei", "deadline 2026-01-02 04:01 CST (Asia/Taipei)"),
+])
+async def test_reminders_once_each_on_the_channels_that_carried_the_card(
+    rig: Rig, shown: str
+) -> None:
+    # 20:00 UTC is already the next day in Taipei: the deadline is shown on its local day.
+    rig.clock.now = rig.clock.now.replace(hour=20)
     carded = await rig.ask(ttl_seconds=100)
     await rig.deliver()
     rig.bot.down = Answer(400, {"ok": False, "error_code": 400,
@@ -254,7 +268,7 @@ async def test_reminders_once_each_on_the_channels_that_carried_the_card(rig: Ri
     rig.clock.advance(1)  # half of the time to live
     [first] = await sent()
     assert first.json["reply_parameters"]["message_id"] in rig.bot.messages
-    assert "Asia/Taipei" in first.json["text"]
+    assert shown in first.json["text"]
     rig.clock.advance(10)
     assert len(await sent()) == 1  # once each
     rig.clock.advance(30)  # 0.9
@@ -265,3 +279,42 @@ async def test_reminders_once_each_on_the_channels_that_carried_the_card(rig: Ri
     kinds = [(i["request_id"], i["event"]) for i in reminders if i["event"] == outbox.REMINDER]
     assert kinds == [(uuid.UUID(carded["id"]), outbox.REMINDER)] * 2
     assert uncarded["id"] not in {str(r) for r, _ in kinds}
+
+
+async def test_w2_fires_while_telegram_is_down_then_clears_without_duplicate_cards(
+    rig: Rig,
+) -> None:
+    settings = rig.api.app.state.settings
+    thresholds = Thresholds.from_settings(settings)
+
+    async def w2() -> list[dict[str, Any]]:
+        results = await rig.db.run(lambda c, now: run_watchdogs(c, now, thresholds),
+                                   readonly=True)
+        [check] = [r for r in results if r.id == "W-2"]
+        assert check.applies
+        return check.findings
+
+    requests = [await rig.ask(ttl_seconds=3600) for _ in range(2)]
+    rig.bot.down = Answer(502, {"ok": False, "error_code": 502, "description": "Bad Gateway"})
+    for _ in range(6):  # retries keep failing for two minutes
+        await rig.deliver()
+        rig.clock.advance(20)
+    assert await w2() == []  # within the grace
+    rig.clock.advance(1)
+    findings = await w2()
+    assert [f["request_id"] for f in findings] == [r["id"] for r in requests]
+    assert "its card is pending, last error: " in findings[0]["detail"]
+    assert "502" in findings[0]["detail"]
+    shown = (await rig.api.as_("viewer").get("/watchdog")).json()
+    [listed] = [c for c in shown["checks"] if c["id"] == "W-2"]
+    assert listed["count"] == 2
+
+    rig.bot.down = None
+    for _ in range(5):
+        rig.clock.advance(60)
+        await rig.deliver()
+    assert await w2() == []
+    assert len(rig.bot.messages) == 2
+    delivered = "\n".join(m["text"] for m in rig.bot.messages.values())
+    for request in requests:
+        assert delivered.count(request["id"]) == 1
