@@ -333,5 +333,43 @@ def watchdog(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    ctx: typer.Context,
+    day: Annotated[
+        str | None,
+        typer.Option(help="The local day, YYYY-MM-DD, in the display time zone "
+                          "[default: today, so far]."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Print the daily report of a local day: dispositions, rates, expiry lateness, and the
+    watchdogs' findings now."""
+    import json
+
+    from signoff.errors import FutureDay
+    from signoff.report import build_report, parse_day
+
+    settings = load_settings(ctx)
+    try:
+        wanted = None if day is None else parse_day(day)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--day'") from None
+
+    async def work(db: Database) -> Any:
+        return await db.run(
+            lambda conn, now: build_report(conn, now, settings, wanted), readonly=True
+        )
+
+    try:
+        made = run_async(lambda: _with_db(settings, work))
+    except FutureDay as exc:
+        raise typer.BadParameter(exc.message, param_hint="'--day'") from None
+    if as_json:
+        print(json.dumps(made.as_json(), indent=2, ensure_ascii=False))
+    else:
+        print(made.as_text())
+
+
 def main() -> None:
     app()

@@ -97,3 +97,9 @@ class IdempotencyMismatch(InvalidInput):
     """This Idempotency-Key was used before with a different body."""
 
     code = "idempotency_key_reused"
+
+
+class FutureDay(InvalidInput):
+    """That day has not begun yet in the display time zone: there is nothing to report."""
+
+    code = "future_day"

@@ -7,7 +7,7 @@ reads the environment at import time.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     watchdog_outcome_limit: Duration = timedelta(hours=1)
     watchdog_dead_window: Duration = timedelta(hours=24)
     watchdog_orphan_grace: Duration = timedelta(minutes=15)
+    # The daily report: HH:MM in the display time zone, or "off".
+    heartbeat_at: str = "09:00"
 
     @field_validator("database_url")
     @classmethod
@@ -111,6 +113,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unknown time zone {value!r} (use an IANA name like Asia/Taipei)"
             ) from exc
+        return value
+
+    @field_validator("heartbeat_at")
+    @classmethod
+    def _check_heartbeat(cls, value: str) -> str:
+        parse_time_of_day(value)
         return value
 
     @field_validator("log_level")
@@ -196,6 +204,11 @@ class Settings(BaseSettings):
         return parse_fractions(self.reminder_fractions)
 
     @property
+    def heartbeat_time(self) -> time | None:
+        """When the daily report is sent, local time in ``zone`` (None: never)."""
+        return parse_time_of_day(self.heartbeat_at)
+
+    @property
     def telegram_enabled(self) -> bool:
         return self.telegram_bot_token is not None and self.telegram_chat_id is not None
 
@@ -227,3 +240,16 @@ def parse_fractions(value: str) -> tuple[float, ...]:
             raise ValueError(f"a reminder fraction must be between 0 and 1, got {item.strip()}")
         fractions.add(fraction)
     return tuple(sorted(fractions))
+
+
+def parse_time_of_day(value: str) -> time | None:
+    """``HH:MM`` (24 h) → a time of day; ``off`` or empty → None."""
+    text = value.strip()
+    if text.lower() in ("", "off"):
+        return None
+    match = re.fullmatch(r"([0-9]{1,2}):([0-9]{2})", text)
+    if match is None or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise ValueError(
+            f"{value!r} is not a time of day; use HH:MM on a 24-hour clock, like 09:00, or off"
+        )
+    return time(int(match.group(1)), int(match.group(2)))
