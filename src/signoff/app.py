@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from signoff import __version__
 from signoff.api import router
 from signoff.db import Database
-from signoff.http import BodyLimit, TokenCache, install_error_handlers
+from signoff.http import BodyLimit, CountHTTP, TokenCache, install_error_handlers
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
@@ -95,14 +95,7 @@ def create_app(
     app.include_router(router)
     app.include_router(presses_router)
     app.add_middleware(BodyLimit)
-
-    @app.middleware("http")
-    async def count_http(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        meters.http_requests.labels(request.method, path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountHTTP, counter=meters.http_requests)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
