@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -54,6 +55,7 @@ class Thresholds:
     dead_window: timedelta
     orphan_grace: timedelta
     cards_on: bool
+    zone: ZoneInfo  # times in findings are shown in it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Thresholds:
@@ -64,6 +66,7 @@ class Thresholds:
             dead_window=settings.watchdog_dead_window,
             orphan_grace=settings.watchdog_orphan_grace,
             cards_on=settings.telegram_enabled,
+            zone=settings.zone,
         )
 
 
@@ -85,7 +88,7 @@ class CheckResult:
 
 Row = Mapping[Any, Any]
 Query = Callable[[datetime, Thresholds], sa.Select[Any]]
-Detail = Callable[[Row, datetime], str]
+Detail = Callable[[Row, datetime, "Thresholds"], str]
 
 
 def _ago(now: datetime, then: datetime) -> str:
@@ -110,9 +113,10 @@ def _stalled(now: datetime, t: Thresholds) -> sa.Select[Any]:
     )
 
 
-def _stalled_detail(row: Row, now: datetime) -> str:
+def _stalled_detail(row: Row, now: datetime, t: Thresholds) -> str:
+    deadline = row["expires_at"].astimezone(t.zone)
     return (f"still pending {_ago(now, row['expires_at'])} after its deadline "
-            f"({row['expires_at'].isoformat()}): is any resolver running?")
+            f"({deadline:%Y-%m-%d %H:%M:%S %Z}): is any resolver running?")
 
 
 def _card_item(column: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
@@ -142,7 +146,7 @@ def _uncarded(now: datetime, t: Thresholds, *, placeholders: bool) -> sa.Select[
     )
 
 
-def _uncarded_detail(row: Row, now: datetime) -> str:
+def _uncarded_detail(row: Row, now: datetime, t: Thresholds) -> str:
     if row["card_status"] is None:
         why = "no card was queued (is a card channel configured?)"
     else:
@@ -162,7 +166,7 @@ def _no_outcome(now: datetime, t: Thresholds) -> sa.Select[Any]:
     )
 
 
-def _no_outcome_detail(row: Row, now: datetime) -> str:
+def _no_outcome_detail(row: Row, now: datetime, t: Thresholds) -> str:
     return (f"approved {_ago(now, row['decided_at'])} ago; {row['requested_by']} has not "
             f"reported whether {row['action']!r} worked")
 
@@ -179,7 +183,7 @@ def _dead(now: datetime, t: Thresholds) -> sa.Select[Any]:
     )
 
 
-def _dead_detail(row: Row, now: datetime) -> str:
+def _dead_detail(row: Row, now: datetime, t: Thresholds) -> str:
     return (f"{row['channel']} {row['event']} given up after {row['attempts']} attempts, "
             f"{_ago(now, row['next_attempt_at'])} ago: {row['last_error'] or 'no error text'}")
 
@@ -205,7 +209,7 @@ def _orphaned(now: datetime, t: Thresholds) -> sa.Select[Any]:
     )
 
 
-def _orphaned_detail(row: Row, now: datetime) -> str:
+def _orphaned_detail(row: Row, now: datetime, t: Thresholds) -> str:
     return (f"{row['title']!r} is open, but its last request ended "
             f"{_ago(now, row['last_ended'])} ago and none is live: resolve it or propose "
             "another action")
@@ -242,12 +246,12 @@ CHECKS: tuple[Check, ...] = (
 IDS = tuple(c.id for c in CHECKS)
 
 
-def _finding(check: Check, row: Row, now: datetime) -> dict[str, Any]:
+def _finding(check: Check, row: Row, now: datetime, thresholds: Thresholds) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key in ("request_id", "incident_id", "outbox_id"):
         if row.get(key) is not None:
             found[key] = row[key] if isinstance(row[key], int) else str(row[key])
-    found["detail"] = check.detail(row, now)
+    found["detail"] = check.detail(row, now, thresholds)
     return found
 
 
@@ -269,7 +273,7 @@ async def run_watchdogs(
             result.count = int(count)
             if count:
                 rows = (await conn.execute(query.limit(limit))).mappings().all()
-                result.findings = [_finding(check, r, now) for r in rows]
+                result.findings = [_finding(check, r, now, thresholds) for r in rows]
         results.append(result)
     return results
 

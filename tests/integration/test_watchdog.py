@@ -4,7 +4,7 @@ threshold, not before, and clears once the database says the failure is over."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,9 +28,20 @@ from tests.integration.store_support import (
 )
 
 
+@pytest.fixture(params=["UTC", "Asia/Taipei"])
+def zone(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, resolver_backstop="2s")
+def clock() -> FakeClock:
+    # 15:59:50 UTC is 23:59:50 in Taipei: the thresholds cross a local midnight there.
+    return FakeClock(datetime(2026, 1, 1, 15, 59, 50, tzinfo=UTC))
+
+
+@pytest.fixture
+def settings(db_url: str, zone: str) -> Settings:
+    return Settings(database_url=db_url, resolver_backstop="2s", display_tz=zone)
 
 
 @pytest.fixture
@@ -62,7 +73,7 @@ async def test_a_quiet_database_has_no_findings(wdb: Database, settings: Setting
 
 
 async def test_w1_a_request_overdue_by_three_backstops_means_the_resolver_stalled(
-    wdb: Database, settings: Settings, clock: FakeClock
+    wdb: Database, settings: Settings, clock: FakeClock, zone: str
 ) -> None:
     row = await new_request(wdb, ttl=10)
     clock.advance(10 + 6)  # exactly three backstops late: not yet
@@ -70,7 +81,8 @@ async def test_w1_a_request_overdue_by_three_backstops_means_the_resolver_stalle
     clock.advance(0.001)
     [finding] = only(await found(wdb, settings), "W-1")
     assert finding["request_id"] == str(row["id"])
-    assert "after its deadline" in finding["detail"]
+    deadline = {"UTC": "2026-01-01 16:00:00 UTC", "Asia/Taipei": "2026-01-02 00:00:00 CST"}
+    assert f"still pending 6s after its deadline ({deadline[zone]})" in finding["detail"]
     await expire_all(wdb)
     assert only(await found(wdb, settings), "W-1") == []
 
