@@ -290,6 +290,11 @@ class Watchman:
         self.metrics = metrics
         self.last: dict[str, int] = {}
         self._log = get_logger("signoff.watchdog")
+        # The daily report is sent on this schedule too (it reads the watchdogs, hence the
+        # import here rather than at the top).
+        from signoff.notify.heartbeat import Heartbeat
+
+        self.heartbeat = Heartbeat(db, settings)
 
     async def check(self) -> list[CheckResult]:
         """One pass: every check, its gauge set and its change logged."""
@@ -311,6 +316,7 @@ class Watchman:
                     self._log.info("watchdog_clear", check=result.id, name=result.name)
             self.last[result.id] = result.count
         self.metrics.watchdog_last_run.set(time.time())
+        await self.heartbeat.beat()
         return results
 
     async def run(self, stop: asyncio.Event) -> None:

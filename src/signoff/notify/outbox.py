@@ -54,6 +54,7 @@ EVENT_NAMES: dict[str, str] = {
     EventKind.INCIDENT_RESOLVED: "incident.resolved",
 }
 REMINDER = "request.reminder"
+DAILY_REPORT = "report.daily"  # the heartbeat (notify.heartbeat), on every channel
 CARD = "card"
 FINAL = "final"
 ENDINGS = frozenset({

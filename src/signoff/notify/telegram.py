@@ -146,7 +146,7 @@ async def read_card_facts(
 
 
 class TelegramSender:
-    """Delivers the telegram outbox items: cards, final edits, reminders."""
+    """Delivers the telegram outbox items: cards, final edits, reminders, daily reports."""
 
     def __init__(self, db: Database, api: BotApi, chat_id: str, zone: ZoneInfo) -> None:
         self.db = db
@@ -155,6 +155,10 @@ class TelegramSender:
         self.zone = zone
 
     async def deliver(self, item: Row) -> AfterDelivery | None:
+        if item["event"] == outbox.DAILY_REPORT:  # a plain message, about no request
+            await self.api.call("sendMessage", chat_id=self.chat_id,
+                                text=item["payload"]["text"])
+            return None
         rid = item["request_id"]
 
         async def read(conn: AsyncConnection, now: datetime) -> tuple[Any, ...]:
