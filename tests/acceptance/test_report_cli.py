@@ -1,21 +1,27 @@
 """``signoff report`` as operators run it, on a seeded SQLite file: the figures of a local
-day in the display time zone, as text and as JSON; a bad or future day exits 2."""
+day in the display time zone, as text and as JSON; a bad or future day exits 2. And
+``signoff serve`` sending yesterday's heartbeat once, on the real clock."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-from datetime import UTC, datetime
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from signoff.db import Database
 from signoff.migrate import upgrade
+from signoff.notify.webhook import verify
 from signoff.settings import Settings
-from tests.acceptance.conftest import run_signoff
+from tests.acceptance.conftest import run_signoff, start_server
 from tests.conftest import FakeClock
+from tests.integration.notify_support import Recorder, serving
 from tests.integration.store_support import approve, expire_all, new_request, reject
 
 
@@ -97,3 +103,34 @@ def test_a_bad_heartbeat_time_stops_every_command(seeded: dict[str, str]) -> Non
     done = run_signoff({**seeded, "SIGNOFF_HEARTBEAT_AT": "9am"}, "report")
     assert done.returncode == 2
     assert "SIGNOFF_HEARTBEAT_AT" in done.stderr and "HH:MM" in done.stderr
+
+
+@pytest.fixture
+def receiver() -> Iterator[Recorder]:
+    with serving(Recorder()) as rec:
+        yield rec
+
+
+def test_serve_sends_yesterdays_heartbeat_once(
+    database_url: str, tmp_path: Path, receiver: Recorder
+) -> None:
+    # 00:00 has always passed: the heartbeat is due as soon as serve starts.
+    server = start_server(
+        database_url, tmp_path / "serve.log", SIGNOFF_WEBHOOK_URL=receiver.url + "/hook",
+        SIGNOFF_WEBHOOK_SECRET="s3cret", SIGNOFF_DISPLAY_TZ="Asia/Taipei",
+        SIGNOFF_HEARTBEAT_AT="00:00", SIGNOFF_WATCHDOG_INTERVAL="0.2s",
+    )
+    try:
+        [call] = receiver.wait_for(1, timeout=30)
+        time.sleep(1.0)  # several more watchdog passes: nothing more is sent
+    finally:
+        server.stop()
+    assert len(receiver.calls) == 1
+    assert verify("s3cret", call.body, call.headers["x-signoff-signature"])
+    body = call.json
+    assert body["event"] == "report.daily"
+    yesterday = datetime.now(ZoneInfo("Asia/Taipei")).date() - timedelta(days=1)
+    assert body["report"]["day"] in (yesterday.isoformat(),
+                                     (yesterday - timedelta(days=1)).isoformat())
+    assert body["report"]["zone"] == "Asia/Taipei" and body["report"]["complete"] is True
+    assert '"daily_report_queued"' in server.log_path.read_text()
