@@ -29,6 +29,9 @@ log = get_logger("signoff.http")
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY = 1024 * 1024
 _TOKEN_CACHE_SECONDS = 10.0
+# h11 takes any token as a method: any other is counted as "other", so that made-up
+# methods cannot add metric series (kept for the process's life) without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -180,7 +183,8 @@ class CountHTTP:
         if status:
             # The router has put the matched route in the scope by now.
             path = getattr(scope.get("route"), "path", "unmatched")
-            key = (scope["method"], path, status)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            key = (method, path, status)
             child = self._children.get(key)
             if child is None:
                 child = self.counter.labels(key[0], path, str(status))
