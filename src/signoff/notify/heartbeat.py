@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from signoff.db import Database
 from signoff.logs import get_logger
 from signoff.notify import outbox
-from signoff.report import build_report
+from signoff.report import Report, build_report
 from signoff.settings import Settings
 from signoff.tables import outbox as outbox_table
 
@@ -49,54 +49,46 @@ def channels_of(settings: Settings) -> list[outbox.Channel]:
     return channels
 
 
-async def enqueue_due(
-    conn: AsyncConnection, now: datetime, settings: Settings
-) -> tuple[date, list[str]] | None:
-    """Write the heartbeat due at ``now`` on each channel that has not got it yet.
-
-    Returns the day it is about and the channels written to (empty: another replica wrote
-    it, or no channel is configured); None when no heartbeat is due (before the time of
-    day, or the heartbeat is off)."""
-    at = settings.heartbeat_time
-    if at is None:
-        return None
-    day = due_day(now, settings.zone, at)
-    if day is None:
-        return None
-    keys = {channel: heartbeat_key(channel, day) for channel in channels_of(settings)}
-    if not keys:
-        return day, []
+async def missing_channels(
+    conn: AsyncConnection, day: date, channels: list[outbox.Channel]
+) -> list[outbox.Channel]:
+    """The channels whose heartbeat about ``day`` is not in the outbox yet."""
+    if not channels:
+        return []
+    keys = {channel: heartbeat_key(channel, day) for channel in channels}
     present = set((
         await conn.execute(
             sa.select(outbox_table.c.dedupe_key)
             .where(outbox_table.c.dedupe_key.in_(list(keys.values())))
         )
     ).scalars().all())
-    missing = [channel for channel, key in keys.items() if key not in present]
-    if not missing:
-        return day, []
-    report = await build_report(conn, now, settings, day)
+    return [channel for channel, key in keys.items() if key not in present]
+
+
+def heartbeat_items(report: Report, channels: list[outbox.Channel]) -> list[dict[str, Any]]:
+    """The outbox rows that carry ``report``, one per channel, keyed by channel and day."""
+    made_at, day = report.made_at, report.window.day
     items: list[dict[str, Any]] = []
-    for channel in missing:
+    for channel in channels:
         if channel is outbox.Channel.TELEGRAM:
             payload: dict[str, Any] = {"day": day.isoformat(), "text": report.as_text()}
         else:
-            payload = {"event": outbox.DAILY_REPORT, "at": now.isoformat(), "request": None,
-                       "incident": None, "report": report.as_json()}
+            payload = {"event": outbox.DAILY_REPORT, "at": made_at.isoformat(),
+                       "request": None, "incident": None, "report": report.as_json()}
         items.append({"channel": channel.value, "event": outbox.DAILY_REPORT,
-                      "created_at": now, "payload": payload, "dedupe_key": keys[channel]})
-    # A replica that got there first in the meantime wins: its rows stay, ours are left out.
-    await outbox.add_items(conn, items)
-    return day, [channel.value for channel in missing]
+                      "created_at": made_at, "payload": payload,
+                      "dedupe_key": heartbeat_key(channel, day)})
+    return items
 
 
 class Heartbeat:
     """Run after each watchdog pass in ``signoff serve``: writes the heartbeat once it is
-    due. Reads only the clock until then; once a day is seen to, nothing more that day."""
+    due. Once this process has seen to a day, it reads nothing more until the next."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
+        self.channels = channels_of(settings)
         self.done: date | None = None  # the last day this process has seen to
         self._log = get_logger("signoff.heartbeat")
 
@@ -107,24 +99,37 @@ class Heartbeat:
             return []
         zone = self.settings.zone
 
-        async def due(conn: AsyncConnection, now: datetime) -> date | None:
-            return due_day(now, zone, at)
+        async def peek(
+            conn: AsyncConnection, now: datetime
+        ) -> tuple[date | None, list[outbox.Channel]]:
+            day = due_day(now, zone, at)
+            if day is None or day == self.done:
+                return None, []
+            return day, await missing_channels(conn, day, self.channels)
 
-        day = await self.db.run(due, readonly=True)
-        if day is None or day == self.done:
+        day, missing = await self.db.run(peek, readonly=True)
+        if day is None:
+            return []
+        if not missing:  # another replica wrote it, or there is no channel
+            if not self.channels:
+                self._log.info("daily_report", day=day.isoformat(), zone=zone.key,
+                               sent=False, why="no channel is configured")
+            self.done = day
             return []
 
-        async def write(conn: AsyncConnection, now: datetime) -> tuple[date, list[str]] | None:
-            return await enqueue_due(conn, now, self.settings)
+        # Computed in a read-only transaction: on SQLite the write lock is held only for
+        # the insert. Replicas racing here both compute it; the dedupe keys keep one.
+        async def make(conn: AsyncConnection, now: datetime) -> Report:
+            return await build_report(conn, now, self.settings, day)
 
-        result = await self.db.run(write)
-        if result is None:
-            return []
-        self.done, written = result
-        if written:
-            self._log.info("daily_report_queued", day=self.done.isoformat(), zone=zone.key,
-                           channels=written)
-        elif not channels_of(self.settings):
-            self._log.info("daily_report", day=self.done.isoformat(), zone=zone.key,
-                           sent=False, why="no channel is configured")
+        report = await self.db.run(make, readonly=True)
+
+        async def write(conn: AsyncConnection, now: datetime) -> None:
+            await outbox.add_items(conn, heartbeat_items(report, missing))
+
+        await self.db.run(write)
+        self.done = day
+        written = [channel.value for channel in missing]
+        self._log.info("daily_report_queued", day=day.isoformat(), zone=zone.key,
+                       channels=written)
         return written
