@@ -153,6 +153,30 @@ async def test_today_is_reported_so_far(
     assert "(so far, until 05:00)" in report.as_text()
 
 
+async def test_a_spring_forward_day_is_23_hours_long(
+    clocked_db: Database, clock: FakeClock, db_url: str
+) -> None:
+    """New York, 2026-03-08: from 05:00 UTC to 04:00 UTC the next day. A request that
+    ended at 04:30 UTC on the 9th ended on the 9th there, though it is within 24 hours of
+    the 8th's midnight."""
+    for when in (at(2026, 3, 8, 5, 30), at(2026, 3, 9, 3, 30), at(2026, 3, 9, 4, 30)):
+        clock.now = when - timedelta(minutes=5)
+        row = await new_request(clocked_db, ttl=3600)
+        clock.now = when
+        await reject(clocked_db, row["id"])
+    clock.now = at(2026, 3, 10, 12)
+    settings = Settings(database_url=db_url, display_tz="America/New_York")
+
+    async def day(text: str) -> Any:
+        return await clocked_db.run(lambda c, now: build_report(
+            c, now, settings, date.fromisoformat(text)), readonly=True)
+
+    eighth, ninth = await day("2026-03-08"), await day("2026-03-09")
+    assert eighth.window.hours == 23 and ninth.window.hours == 24
+    assert (eighth.stats["total"], ninth.stats["total"]) == (2, 1)
+    assert "whole day, 23 hours: the clocks changed" in eighth.as_text()
+
+
 # -- the heartbeat --------------------------------------------------------------------
 
 
