@@ -4,6 +4,12 @@ SQLite runs in WAL mode with a busy timeout, and every writing transaction start
 ``BEGIN IMMEDIATE`` so that two writers queue instead of failing half-way. On PostgreSQL
 the database's clock is the clock: ``now`` is read once per transaction from ``now()``
 and passed to every statement of it, so a guard and the time it records are one instant.
+
+That read is also how a PostgreSQL connection is checked: it is the first statement of
+every transaction, so a pooled connection that died (a restarted server, a terminated
+backend) fails there, before any work, and the transaction starts again on a new one.
+A ping before each checkout would cost three more round trips (it runs in a transaction
+of its own).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ Clock = Callable[[], datetime]
 
 # SQLSTATEs worth one more try: the transaction did nothing and can simply run again.
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}
+# Where a transaction keeps the instant read by its first statement.
+_NOW_KEY = "signoff_now"
+_NOW = sa.text("SELECT now()")
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -56,7 +65,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
             url,
             pool_size=settings.db_pool_size,
             max_overflow=0,
-            pool_pre_ping=True,
             pool_recycle=1800,
             connect_args={"server_settings": {"application_name": "signoff", "timezone": "UTC"}},
         )
@@ -101,6 +109,7 @@ class Database:
         self.routing = routing
         self.engine = engine if routing is None else engine.execution_options(
             **{OUTBOX_OPTION: routing})
+        self.readonly_engine = self.engine.execution_options(signoff_readonly=True)
         self.is_postgres = engine.dialect.name == "postgresql"
         # A fixed clock is for tests: it replaces the database clock on every backend.
         self.clock = clock
@@ -120,17 +129,37 @@ class Database:
                 raise ValueError(f"naive datetime refused: the clock gave {instant!r}")
             return instant
         if self.is_postgres:
-            value = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
-            assert isinstance(value, datetime)
-            return value.astimezone(UTC)
+            read = conn.info.get(_NOW_KEY)  # by ``begin``, as this transaction's first statement
+            return read if isinstance(read, datetime) else await _read_now(conn)
         return datetime.now(UTC)
 
     @asynccontextmanager
     async def begin(self, *, readonly: bool = False) -> AsyncIterator[AsyncConnection]:
-        """One transaction: commits when the block ends, rolls back on any error."""
-        engine = self.engine.execution_options(signoff_readonly=True) if readonly else self.engine
-        async with engine.begin() as conn:
-            yield conn
+        """One transaction: commits when the block ends, rolls back on any error.
+
+        On PostgreSQL it starts by reading the clock; a connection found dead by that
+        read is dropped and the transaction starts again, once, on a new one.
+        """
+        engine = self.readonly_engine if readonly else self.engine
+        if not self.is_postgres:
+            async with engine.begin() as conn:
+                yield conn
+            return
+        for attempt in (1, 2):
+            working = False
+            try:
+                async with engine.begin() as conn:
+                    info = conn.info  # held: it raises once the connection is lost
+                    info[_NOW_KEY] = await _read_now(conn)
+                    working = True
+                    try:
+                        yield conn
+                    finally:
+                        info.pop(_NOW_KEY, None)
+                return
+            except (DBAPIError, OSError) as exc:
+                if working or attempt == 2 or not _lost_connection(exc):
+                    raise
 
     async def run(
         self,
@@ -152,3 +181,16 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """The connection was dead before the transaction did anything (safe to start again)."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    return isinstance(exc, ConnectionError)
+
+
+async def _read_now(conn: AsyncConnection) -> datetime:
+    value = (await conn.execute(_NOW)).scalar_one()
+    assert isinstance(value, datetime)
+    return value.astimezone(UTC)
