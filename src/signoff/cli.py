@@ -339,7 +339,7 @@ def report(
     day: Annotated[
         str | None,
         typer.Option(help="The local day, YYYY-MM-DD, in the display time zone "
-                          "[default: today, so far]."),
+                          "(default: today, so far)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
