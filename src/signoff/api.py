@@ -17,6 +17,7 @@ from signoff.http import body_or_raise, parse_filter_id, parse_id, read_body, re
 from signoff.lifecycle import IncidentStatus, RequestStatus, ResolutionType, Role
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
+from signoff.notify.outbox import ADDED_KEY as OUTBOX_ADDED
 from signoff.notify.reminders import first_reminder
 from signoff.schemas import (
     DecisionIn,
@@ -61,24 +62,31 @@ def _metrics(request: Request) -> Metrics:
 async def _write(request: Request, work: Work) -> Any:
     """Run ``work`` in one transaction; after it commits, count what it did."""
     written: list[dict[str, Any]] = []
+    queued: list[int] = []
 
     async def collecting(conn: AsyncConnection, now: datetime) -> Any:
         attempt: list[dict[str, Any]] = []
+        outbox: list[int] = []
         # Held here: once the connection is lost, ``conn.info`` raises and would hide the
         # database's error (a 503) behind its own (a 500).
         info = conn.info
         info[store.EVENTS_KEY] = attempt
+        info[OUTBOX_ADDED] = outbox
         try:
             result = await work(conn, now)
         finally:
             info.pop(store.EVENTS_KEY, None)
+            info.pop(OUTBOX_ADDED, None)
         written[:] = attempt  # only the attempt that committed counts
+        queued[:] = outbox
         return result
 
     result = await _db(request).run(collecting)
     _metrics(request).observe_events(written)
     notifier = request.app.state.notifier
-    if written and notifier is not None:
+    # Only a transaction that queued something gives the worker work: waking it for every
+    # write made it read the outbox again and again under load.
+    if queued and notifier is not None:
         notifier.wake()
     return result
 

@@ -27,6 +27,9 @@ from signoff.views import incident_view, request_view
 
 Row = Mapping[Any, Any]
 OPTION = "signoff_outbox"
+# A caller that wants to know whether its transaction gave the worker anything to deliver
+# puts a list here: each insert appends its number of rows.
+ADDED_KEY = "signoff.outbox_added"
 _CHUNK = 500  # rows per INSERT: well under PostgreSQL's limit of bind parameters
 
 
@@ -93,6 +96,9 @@ def _insert(conn: AsyncConnection) -> Any:
 
 async def add_items(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> None:
     """Insert outbox rows; one whose ``dedupe_key`` exists already is left out."""
+    added = conn.info.get(ADDED_KEY)
+    if added is not None and items:
+        added.append(len(items))
     for start in range(0, len(items), _CHUNK):
         chunk = [
             {"request_id": None, "incident_id": None, "dedupe_key": None, "payload": {},
