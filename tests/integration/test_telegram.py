@@ -90,7 +90,7 @@ async def rig(db_url: str, bot: FakeBotApi, clock: FakeClock, zone: str) -> Asyn
         notify_max_attempts=8,
     )
     db = Database.from_settings(settings, clock=clock)
-    async with httpx.AsyncClient(timeout=0.5) as client, api_for(db, settings) as api:
+    async with httpx.AsyncClient(timeout=2.0) as client, api_for(db, settings) as api:
         notifier = Notifier(db, settings, Metrics(), build_senders(db, settings, client),
                             rng=lambda: 0.5)
         yield Rig(db, api, notifier, bot, clock)
@@ -223,7 +223,7 @@ async def test_telegram_down_for_a_while_then_recovery_without_duplicate_cards(
     pending = await rig.db.run(lambda c, n: outbox.list_items(c, status="pending"))
     assert all((i["next_attempt_at"] - rig.clock.now).total_seconds() >= 7 for i in pending)
     assert await rig.deliver() == 0  # Retry-After honoured
-    rig.bot.down = Answer(hang=3)  # longer than the client waits
+    rig.bot.down = Answer(hang=4)  # longer than the client waits (2 s)
     rig.clock.advance(8)
     assert await rig.deliver() == 3
     assert rig.bot.messages == {}
