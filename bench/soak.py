@@ -3,6 +3,9 @@
     python bench/soak.py --database-url postgresql://user@host:port/db [--minutes 10]
                          [--rate 20] [--long-tx-seconds 60] [--recovery-seconds 60]
                          [--interval 10] [--history 100000] [--replicas 2]
+                         [--max-in-flight 200] [--warmup-minutes 2] [--probe]
+                         [--probe-interval 60] [--tracemalloc FRAMES]
+                         [--replica-env INDEX:NAME=VALUE ...]
 
 On a scratch database beside the given one (dropped at the end), preloaded with
 ``--history`` ended requests (a service that has run for a while: the table never
@@ -22,7 +25,27 @@ how long after the long transaction ended lateness was back under its threshold 
 the steady p99, at least 250 ms). The last line printed is one JSON object.
 
 Autovacuum must be on for the dead-tuple figures to mean anything; the run says if the
-server has it off.
+server has it off. No more than ``--max-in-flight`` lives run at once: on a machine too
+busy to keep up, lives due past that are skipped and counted rather than queued (a queue
+without bound makes the load generator itself the bottleneck).
+
+Memory: after ``--warmup-minutes`` of the steady phase, each replica's RSS is fitted with a
+least-squares line, over the rest of the steady phase and over its last half. Memory is
+called flat when the last half's slope is at most ``FLAT_MB_PER_MINUTE`` (0.05 MB/min, 3 MB
+an hour, about 20 bytes per API call at the default rate): a leak grows as fast at the end
+as at the start, while warm-up and allocator fragmentation level off. The verdict needs 10
+minutes after the warm-up; shorter runs say ``too short``.
+
+``--probe`` runs each replica under ``bench/memprobe.py``, which is ``signoff serve`` plus
+a signal handler: every ``--probe-interval`` seconds after the warm-up the run asks each
+replica for Python's allocated blocks, glibc's heap in use and free, and object counts by
+type; at the end, RSS before and after ``malloc_trim(0)``. Growth in blocks is Python
+objects accumulating (a leak); RSS growing while blocks and heap-in-use stay flat is the
+allocator keeping freed memory. ``--tracemalloc FRAMES`` (implies ``--probe``) traces the
+first replica only, so the others stay an untraced reference, and prints the allocation
+sites that grew most between the first probe and the last. ``--replica-env
+INDEX:NAME=VALUE`` sets an environment variable in one replica (``0:MALLOC_ARENA_MAX=2``)
+to compare side by side.
 """
 
 from __future__ import annotations
@@ -31,10 +54,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,11 +71,12 @@ import asyncpg
 import httpx
 from api import (
     Serve,
+    free_port,
     make_token,
     plain_postgres_url,
     quantile,
     scratch_database,
-    start_serve,
+    wait_ready,
 )
 
 from signoff.settings import Settings
@@ -78,6 +106,9 @@ SELECT n_live_tup, n_dead_tup, autovacuum_count, vacuum_count,
        pg_total_relation_size('approval_requests') AS bytes
 FROM pg_stat_user_tables WHERE relname = 'approval_requests'
 """
+FLAT_MB_PER_MINUTE = 0.05
+VERDICT_MINUTES = 10  # after the warm-up: less, and the verdict is "too short"
+MEMPROBE = Path(__file__).with_name("memprobe.py")
 OVERDUE = "SELECT count(*) FROM approval_requests WHERE status = 'pending' AND expires_at <= now()"
 LATE_AFTER = """
 SELECT max(decided_at) FROM approval_requests
@@ -96,6 +127,7 @@ class Calls:
     timings: list[tuple[float, float]] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
     lives: int = 0
+    skipped: int = 0  # lives not started: too many still running (see Load.run)
 
     async def call(self, kind: str, request: Any) -> httpx.Response | None:
         began = time.monotonic()
@@ -119,8 +151,10 @@ class Calls:
 class Load:
     """Request lives started at a steady rate, over the replicas, until stopped."""
 
-    def __init__(self, serves: list[Serve], tokens: dict[str, str], rate: float) -> None:
+    def __init__(self, serves: list[Serve], tokens: dict[str, str], rate: float,
+                 max_in_flight: int) -> None:
         self.rate = rate
+        self.max_in_flight = max_in_flight
         self.calls = Calls()
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -141,6 +175,12 @@ class Load:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self.stopping.wait()
+                continue
+            if len(self.tasks) >= self.max_in_flight:
+                # The machine cannot keep up (other work on it, most often): a queue of
+                # lives without bound makes httpx's pool, and so this process, ever slower.
+                self.calls.skipped += 1
+                i += 1
                 continue
             task = asyncio.create_task(self.life(i))
             self.tasks.add(task)
@@ -290,17 +330,187 @@ def api_between(calls: Calls, start: float, end: float) -> dict[str, Any]:
             "p99_ms": _round_ms(quantile(took, 0.99) if took else None)}
 
 
-def memory(samples: list[Sample], replicas: int) -> list[dict[str, float]]:
-    """Per replica: RSS after the first interval (warm) and at the end, and the slope."""
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, value) points, per minute."""
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var == 0:
+        return None
+    return 60 * sum((t - mean_t) * (v - mean_v) for t, v in points) / var
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def memory(samples: list[Sample], replicas: int, warmup: float) -> list[dict[str, Any]]:
+    """Per replica: RSS at the warm-up's end and the steady phase's, the fitted slope over
+    that span and over its last half, and the verdict (see the module's docstring)."""
+    steady = [s for s in samples if s.phase == "steady"]
+    warm = [s for s in steady if s.t >= warmup] or steady[-1:]
+    if not warm:
+        return []
+    half = warm[0].t + (warm[-1].t - warm[0].t) / 2
     out = []
-    warm = samples[1:] if len(samples) > 2 else samples
     for r in range(replicas):
-        first, last = warm[0], warm[-1]
-        minutes = max((last.t - first.t) / 60, 1e-9)
-        out.append({"start_mb": round(first.rss_mb[r], 1), "end_mb": round(last.rss_mb[r], 1),
-                    "max_mb": round(max(s.rss_mb[r] for s in warm), 1),
-                    "mb_per_minute": round((last.rss_mb[r] - first.rss_mb[r]) / minutes, 2)})
+        whole = slope([(s.t, s.rss_mb[r]) for s in warm])
+        late = slope([(s.t, s.rss_mb[r]) for s in warm if s.t >= half])
+        if (warm[-1].t - warm[0].t) / 60 < VERDICT_MINUTES or late is None:
+            verdict = "too short"
+        else:
+            verdict = "flat" if late <= FLAT_MB_PER_MINUTE else "growing"
+        out.append({
+            "first_mb": round(samples[0].rss_mb[r], 1), "warm_mb": round(warm[0].rss_mb[r], 1),
+            "end_of_steady_mb": round(warm[-1].rss_mb[r], 1),
+            "end_mb": round(samples[-1].rss_mb[r], 1),
+            "max_mb": round(max(s.rss_mb[r] for s in samples), 1),
+            "mb_per_minute": _round(whole), "last_half_mb_per_minute": _round(late),
+            "verdict": verdict,
+        })
     return out
+
+
+# -- the memory probe (--probe) ---------------------------------------------------------------
+
+
+def spawn_replica(database_url: str, log: Path, probe: Path | None, env: dict[str, str]) -> Serve:
+    """``signoff serve``, or ``bench/memprobe.py serve`` when probed."""
+    port = free_port()
+    environ = {**os.environ, "SIGNOFF_DATABASE_URL": database_url, "SIGNOFF_PORT": str(port),
+               "SIGNOFF_HOST": "127.0.0.1", "SIGNOFF_LOG_FORMAT": "json",
+               "SIGNOFF_LOG_LEVEL": "warning", **env}
+    command = [sys.executable, "-m", "signoff", "serve"]
+    if probe is not None:
+        environ["SIGNOFF_MEMPROBE"] = str(probe)
+        command = [sys.executable, str(MEMPROBE), "serve"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=environ, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    return Serve(f"http://127.0.0.1:{port}", process, log)
+
+
+def replica_env(args: argparse.Namespace, n: int) -> dict[str, str]:
+    env = {}
+    for spec in args.replica_env:
+        index, _, assignment = spec.partition(":")
+        name, _, value = assignment.partition("=")
+        if int(index) == n:
+            env[name] = value
+    if args.tracemalloc and n == 0:
+        env["PYTHONTRACEMALLOC"] = str(args.tracemalloc)
+    return env
+
+
+class Prober:
+    """Asks each probed replica for a reading (SIGUSR2) every ``interval`` seconds after the
+    warm-up; ``trim()`` asks for one before and one after ``malloc_trim`` (SIGUSR1)."""
+
+    def __init__(self, serves: list[Serve], files: list[Path], sampler: Sampler,
+                 warmup: float, interval: float) -> None:
+        self.serves, self.files, self.sampler = serves, files, sampler
+        self.warmup, self.interval = warmup, interval
+        self.sent: list[tuple[float, str]] = []  # (t, phase) of each SIGUSR2, in order
+
+    async def run(self, stop: asyncio.Event) -> None:
+        at = self.warmup
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self.sampler.started + at
+                                               - time.monotonic())):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            self.signal(signal.SIGUSR2)
+            self.sent.append((time.monotonic() - self.sampler.started, self.sampler.phase))
+            at += self.interval
+
+    def signal(self, signum: int) -> None:
+        for serve in self.serves:
+            if serve.process.poll() is None:
+                os.kill(serve.pid, signum)
+
+    async def trim(self) -> None:
+        self.signal(signal.SIGUSR1)
+        await self.settle(extra=2)
+
+    async def settle(self, extra: int = 0) -> None:
+        """Until every file has a line per signal sent (a tracemalloc snapshot takes a while)."""
+        want = len(self.sent) + extra
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if all(len(self.lines(f)) >= want for f in self.files):
+                return
+            await asyncio.sleep(0.5)
+
+    @staticmethod
+    def lines(path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def figures(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for n, path in enumerate(self.files):
+            lines = self.lines(path)
+            probes = [(t, phase, line) for (t, phase), line
+                      in zip(self.sent, [x for x in lines if x["note"] == "probe"], strict=False)]
+            steady = [(t, line) for t, phase, line in probes if phase == "steady"]
+            for _, line in steady:  # what RSS would be if the allocator gave back its free heap
+                if "heap_free_mb" in line:
+                    line["rss_less_free_heap_mb"] = round(line["rss_mb"] - line["heap_free_mb"], 2)
+            if not steady:
+                out.append({})
+                continue
+            first, last = steady[0][1], steady[-1][1]
+            entry: dict[str, Any] = {"probes": len(probes), "traced": "traced_mb" in first}
+            for key in ("rss_mb", "rss_less_free_heap_mb", "blocks", "gc_objects", "pyarenas_mb",
+                        "pyblocks_mb", "heap_used_mb", "heap_free_mb", "mmap_mb", "traced_mb"):
+                if key in first:
+                    entry[key] = [first[key], last[key]]
+                    entry[f"{key}_per_minute"] = _round(slope([(t, x[key]) for t, x in steady]))
+            grown = {name: last["objects"].get(name, 0) - count
+                     for name, count in first["objects"].items()}
+            entry["objects_grown"] = dict(sorted(grown.items(), key=lambda kv: -abs(kv[1]))[:8])
+            trims = {x["note"]: x for x in lines if x["note"] in ("before_trim", "after_trim")}
+            if len(trims) == 2:
+                for key in ("rss_mb", "heap_free_mb"):
+                    if key in trims["before_trim"]:
+                        entry[f"trim_{key}"] = [trims["before_trim"][key],
+                                                trims["after_trim"][key]]
+            out.append(entry)
+            print(f"replica {n} probe (steady, after warm-up): "
+                  + ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in entry.items()
+                              if isinstance(v, list))
+                  + f"; per minute: blocks {entry.get('blocks_per_minute')}, RSS less the free "
+                  + f"heap {entry.get('rss_less_free_heap_mb_per_minute')} MB; objects grown "
+                  + f"{entry['objects_grown']}", flush=True)
+        return out
+
+
+def tracemalloc_growth(probe: Path, top: int = 12) -> list[str]:
+    """The allocation sites that grew most between the first and the last snapshot."""
+    first, last = probe.with_suffix(".first.snap"), probe.with_suffix(".last.snap")
+    if not (first.exists() and last.exists()):
+        return []
+    ignore = [tracemalloc.Filter(False, "<frozen *"),
+              tracemalloc.Filter(False, tracemalloc.__file__),
+              tracemalloc.Filter(False, str(MEMPROBE))]
+    old = tracemalloc.Snapshot.load(str(first)).filter_traces(ignore)
+    new = tracemalloc.Snapshot.load(str(last)).filter_traces(ignore)
+    lines = [str(stat) for stat in new.compare_to(old, "lineno")[:top]]
+    print("tracemalloc, replica 0, growth by line between the first and the last probe:")
+    for line in lines:
+        print("  " + line)
+    print("  ... and the three largest by call stack:")
+    for stat in new.compare_to(old, "traceback")[:3]:
+        print(f"  {stat.size_diff / 1024:+.1f} KiB, {stat.count_diff:+} blocks")
+        for frame in stat.traceback.format()[-10:]:
+            print("    " + frame)
+    return lines
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -327,9 +537,15 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix="signoff-soak-") as tmp:
                 serves = []
                 try:
+                    probes = ([Path(tmp) / f"serve{n}.jsonl" for n in range(args.replicas)]
+                              if args.probe else [])
                     for n in range(args.replicas):
-                        serves.append(await start_serve(url, Path(tmp) / f"serve{n}.log"))
-                    return await phases(args, conn, holder, serves, tokens, autovacuum)
+                        serves.append(spawn_replica(
+                            url, Path(tmp) / f"serve{n}.log", probes[n] if probes else None,
+                            replica_env(args, n)))
+                        await wait_ready(serves[-1])
+                    return await phases(args, conn, holder, serves, tokens, autovacuum,
+                                        probes)
                 finally:
                     for serve in serves:
                         serve.stop()
@@ -340,16 +556,18 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 async def phases(
     args: argparse.Namespace, conn: Any, holder: Any, serves: list[Serve],
-    tokens: dict[str, str], autovacuum: str,
+    tokens: dict[str, str], autovacuum: str, probes: list[Path],
 ) -> dict[str, Any]:
     print(f"{args.replicas} replicas (pids {', '.join(str(s.pid) for s in serves)}), "
           f"{args.rate:g} request lives/s: {args.minutes:g} min steady, then a transaction "
           f"held open {args.long_tx_seconds:g} s, then {args.recovery_seconds:g} s more",
           flush=True)
-    load = Load(serves, tokens, args.rate)
+    load = Load(serves, tokens, args.rate, args.max_in_flight)
     sampler = Sampler(conn, serves, load.calls, args.interval)
     stop_sampling = asyncio.Event()
     marks: dict[str, tuple[datetime, float]] = {}
+    warmup = args.warmup_minutes * 60
+    prober = Prober(serves, probes, sampler, warmup, args.probe_interval) if probes else None
 
     async def mark(name: str) -> None:
         marks[name] = (await holder.fetchval("SELECT clock_timestamp()"), time.monotonic())
@@ -357,6 +575,7 @@ async def phases(
     await mark("start")
     loader = asyncio.create_task(load.run())
     sampling = asyncio.create_task(sampler.run(stop_sampling))
+    probing = asyncio.create_task(prober.run(stop_sampling)) if prober else None
     await asyncio.sleep(args.minutes * 60)
     await mark("tx_start")
     sampler.phase = "long-tx"
@@ -373,6 +592,10 @@ async def phases(
     await mark("end")
     stop_sampling.set()
     await sampling
+    if prober is not None and probing is not None:
+        await probing
+        await prober.settle()
+        await prober.trim()
 
     steady = await lateness_between(conn, marks["start"][0], marks["tx_start"][0])
     threshold = max(0.25, 2 * (steady["p99_ms"] or 0) / 1000)
@@ -383,6 +606,7 @@ async def phases(
         "replicas": args.replicas, "rate": args.rate, "minutes": args.minutes,
         "long_tx_seconds": args.long_tx_seconds, "history": args.history,
         "autovacuum": autovacuum, "lives": load.calls.lives,
+        "skipped_lives": load.calls.skipped,
         "lateness": {
             "steady": steady,
             "long_tx": await lateness_between(conn, marks["tx_start"][0], marks["tx_end"][0]),
@@ -393,7 +617,10 @@ async def phases(
             "steady": api_between(load.calls, marks["start"][1], marks["tx_start"][1]),
             "long_tx": api_between(load.calls, marks["tx_start"][1], marks["tx_end"][1]),
         },
-        "rss": memory(sampler.samples, len(serves)),
+        "rss": memory(sampler.samples, len(serves), warmup),
+        "rss_flat_threshold_mb_per_minute": FLAT_MB_PER_MINUTE,
+        "warmup_minutes": args.warmup_minutes,
+        "replica_env": args.replica_env,
         "dead_tuples": {
             "end_of_steady": None,
             "max_long_tx": max((s.dead for s in sampler.samples if s.phase == "long-tx"),
@@ -413,8 +640,17 @@ async def phases(
           f"p99, after it {figures['lateness']['recovery']['p99_ms']} p99; back under "
           f"{threshold * 1000:.0f} ms {recovered:.1f} s after the transaction ended")
     print(f"API p99 {figures['api']['all']['p99_ms']} ms over "
-          f"{figures['api']['all']['calls']:,} calls; RSS MB/min per replica "
-          f"{[m['mb_per_minute'] for m in figures['rss']]}; failures {load.calls.failures}")
+          f"{figures['api']['all']['calls']:,} calls; failures {load.calls.failures}; "
+          f"{load.calls.skipped:,} lives not started (over --max-in-flight)")
+    for n, m in enumerate(figures["rss"]):
+        print(f"replica {n} RSS: {m['first_mb']} MB at start, {m['warm_mb']} after the "
+              f"warm-up, {m['end_of_steady_mb']} at the end of the steady phase; "
+              f"{m['mb_per_minute']} MB/min after the warm-up, "
+              f"{m['last_half_mb_per_minute']} over its last half: {m['verdict']} "
+              f"(flat: at most {FLAT_MB_PER_MINUTE} MB/min)", flush=True)
+    if prober is not None:
+        figures["probe"] = prober.figures()
+        figures["tracemalloc_growth"] = tracemalloc_growth(probes[0]) if args.tracemalloc else []
     return figures
 
 
@@ -435,10 +671,28 @@ def main() -> None:
                         help="ended requests preloaded, as a service that has run a while")
     parser.add_argument("--replicas", type=int, default=2, help="signoff serve processes")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--max-in-flight", type=int, default=200,
+                        help="request lives running at once, at most: past it, a life due "
+                             "is skipped (and counted) instead of queued")
+    parser.add_argument("--warmup-minutes", type=float, default=2,
+                        help="steady load before the RSS slope is fitted")
+    parser.add_argument("--probe", action="store_true",
+                        help="run replicas under bench/memprobe.py and read their heaps")
+    parser.add_argument("--probe-interval", type=float, default=60,
+                        help="seconds between probe readings (after the warm-up)")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="trace the first replica's allocations (implies --probe)")
+    parser.add_argument("--replica-env", action="append", default=[],
+                        metavar="INDEX:NAME=VALUE", help="an environment variable for one "
+                                                         "replica, e.g. 0:MALLOC_ARENA_MAX=2")
     args = parser.parse_args()
+    args.probe = args.probe or args.tracemalloc > 0
     if not Settings(database_url=args.database_url).is_postgres:
         raise SystemExit("bench/soak.py runs replicas on PostgreSQL: give a postgresql:// URL")
     random.seed(args.seed)
+    # Started in the background by a shell, the process would ignore SIGINT: take it back,
+    # so that an interrupted run still stops its replicas and drops its database.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     figures = asyncio.run(soak(args))
     print(json.dumps(figures))
     if figures["failures"]:
