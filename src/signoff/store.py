@@ -85,8 +85,11 @@ async def authenticate(conn: AsyncConnection, secret: str) -> Principal | None:
 # -- events ---------------------------------------------------------------------------
 
 
-async def record_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Append audit events; ``rows`` carry at, kind, actor and the rest."""
+async def record_events(
+    conn: AsyncConnection, rows: Sequence[dict[str, Any]], *, current: Sequence[Row] = ()
+) -> None:
+    """Append audit events; ``rows`` carry at, kind, actor and the rest. ``current`` are
+    request rows as the transaction just left them (the outbox need not read them)."""
     if not rows:
         return
     full = [
@@ -95,7 +98,7 @@ async def record_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
         for r in rows
     ]
     await conn.execute(events.insert(), full)
-    await enqueue_for_events(conn, full)
+    await enqueue_for_events(conn, full, current=current)
     # A caller that wants to know what its transaction did (metrics) collects them here.
     collected = conn.info.get(EVENTS_KEY)
     if collected is not None:
@@ -429,7 +432,7 @@ async def create_request(
             index_elements=[requests.c.requested_by, requests.c.idempotency_key],
             index_where=requests.c.idempotency_key.isnot(None),
         )
-    row = (await conn.execute(stmt.returning(*requests.c))).mappings().first()
+    row = await _insert_and_wake(conn, stmt.returning(*requests.c), expires_at)
     if row is None:  # a concurrent create with the same key won the insert
         assert idempotency_key is not None
         previous = await find_idempotent_request(conn, actor, idempotency_key)
@@ -441,13 +444,29 @@ async def create_request(
         "at": now, "kind": EventKind.REQUEST_CREATED, "actor": actor, "request_id": row["id"],
         "incident_id": incident_id, "to_status": PENDING,
         "detail": {"expires_at": expires_at.isoformat(), "action": data["action"]},
-    }])
-    if conn.dialect.name == "postgresql":
-        # One NOTIFY per transaction wakes every replica's resolver; it re-reads the deadline.
-        await conn.execute(
-            sa.select(sa.func.pg_notify(WAKE_CHANNEL, expires_at.isoformat()))
-        )
+    }], current=[row])
     return row, True
+
+
+async def _insert_and_wake(
+    conn: AsyncConnection, insert: Any, expires_at: datetime
+) -> Row | None:
+    """Run the request's ``INSERT … RETURNING``; on PostgreSQL, a new row also wakes the
+    resolvers.
+
+    One NOTIFY per transaction wakes every replica's resolver; it re-reads the deadline.
+    It rides on the insert (``WITH ins AS (INSERT …) SELECT ins.*, pg_notify(…) FROM
+    ins``): no row inserted, no notification, and no round trip of its own. Like every
+    NOTIFY it is delivered only if the transaction commits.
+    """
+    if conn.dialect.name != "postgresql":
+        return (await conn.execute(insert)).mappings().first()
+    ins = insert.cte("ins")
+    woken = sa.select(
+        *ins.c, sa.func.pg_notify(WAKE_CHANNEL, expires_at.isoformat()).label("woke")
+    )
+    found = (await conn.execute(woken)).mappings().first()
+    return None if found is None else {c.name: found[c.name] for c in requests.c}
 
 
 async def find_idempotent_request(conn: AsyncConnection, actor: str, key: str) -> Row | None:
@@ -572,7 +591,7 @@ async def approve_request(
         "from_status": PENDING, "to_status": row["status"],
         "detail": {"approvals": row["approval_count"], "required": row["required_approvals"],
                    **({"comment": comment} if comment else {})},
-    }])
+    }], current=[row])
     return row
 
 
@@ -600,7 +619,7 @@ async def _end_request(
         "at": now, "kind": kind, "actor": actor, "request_id": request_id,
         "incident_id": row["incident_id"], "from_status": PENDING, "to_status": status.value,
         "detail": {"comment": comment} if comment else None,
-    }])
+    }], current=[row])
     return row
 
 
@@ -677,7 +696,7 @@ async def report_outcome(
         "at": now, "kind": EventKind.REQUEST_OUTCOME, "actor": actor, "request_id": request_id,
         "incident_id": row["incident_id"], "from_status": "approved", "to_status": "approved",
         "detail": {"succeeded": succeeded, **({"detail": detail} if detail else {})},
-    }])
+    }], current=[row])
     if succeeded and row["incident_id"] is not None:
         await close_incidents(
             conn, now, [row["incident_id"]], resolution_type=ResolutionType.ACTION,

@@ -112,8 +112,14 @@ async def add_items(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> N
         )
 
 
-async def enqueue_for_events(conn: AsyncConnection, events: Iterable[Row]) -> None:
-    """The outbox rows of a transaction's audit events, for the channels that are on."""
+async def enqueue_for_events(
+    conn: AsyncConnection, events: Iterable[Row], *, current: Iterable[Row] = ()
+) -> None:
+    """The outbox rows of a transaction's audit events, for the channels that are on.
+
+    ``current`` are request rows as this transaction left them (what the transition's
+    ``UPDATE … RETURNING`` gave back): those are not read again.
+    """
     routing = routing_of(conn)
     if routing is None:
         return
@@ -125,7 +131,11 @@ async def enqueue_for_events(conn: AsyncConnection, events: Iterable[Row]) -> No
     if not snapshots:  # callbacks only need the requests that ended and have a URL
         request_ids = {e["request_id"] for e in wanted
                        if e["kind"] in ENDINGS and e.get("request_id") is not None}
-    found = await _read_requests(conn, request_ids, with_url_only=not snapshots)
+    at_hand = {r["id"]: r for r in current if r["id"] in request_ids}
+    found = {rid: r for rid, r in at_hand.items() if snapshots or r["callback_url"] is not None}
+    found.update(
+        await _read_requests(conn, request_ids - at_hand.keys(), with_url_only=not snapshots)
+    )
     incident_rows: dict[uuid.UUID, Row] = {}
     if snapshots:
         ids = {e["incident_id"] for e in wanted if e.get("incident_id") is not None}
