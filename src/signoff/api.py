@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -91,9 +91,15 @@ async def _write(request: Request, work: Work) -> Any:
     return result
 
 
-async def _request_out(conn: AsyncConnection, now: datetime, row: Any) -> dict[str, Any]:
+async def _request_out(
+    conn: AsyncConnection, now: datetime, row: Any, *, voter: str | None = None
+) -> dict[str, Any]:
+    """The request as answered; ``voter`` has just approved it (``store.approve_request``
+    records the vote at ``now``)."""
     if row["approval_count"] == 0:  # the common case: no votes to read
         return request_view(row, [], now)
+    if voter is not None and row["approval_count"] == 1:  # that vote is the only one
+        return request_view(row, [{"approver": voter, "at": now.astimezone(UTC)}], now)
     found = await queries.approvals_of(conn, [row["id"]])
     return request_view(row, found[row["id"]], now)
 
@@ -302,8 +308,12 @@ async def _transition(
     model: type[BaseModel] | None,
     check: Callable[[AsyncConnection, datetime, uuid.UUID], Awaitable[None]],
     act: Callable[[AsyncConnection, datetime, uuid.UUID, Any], Awaitable[Any]],
+    *,
+    voter: str | None = None,
 ) -> dict[str, Any]:
-    """Refuse in the contract's order: who (403), what (404), state (409), content (422)."""
+    """Refuse in the contract's order: who (403), what (404), state (409), content (422).
+
+    ``voter``: ``act`` adds this approver's vote (see ``_request_out``)."""
     rid = parse_id(request_id, errors.RequestNotFound)
     parsed = await read_body(request, model) if model is not None else None
 
@@ -311,7 +321,7 @@ async def _transition(
         if isinstance(parsed, errors.InvalidInput):
             await check(conn, now, rid)  # raises 404/403/409 before the 422
             raise parsed
-        return await _request_out(conn, now, await act(conn, now, rid, parsed))
+        return await _request_out(conn, now, await act(conn, now, rid, parsed), voter=voter)
 
     try:
         out: dict[str, Any] = await _write(request, work)
@@ -350,7 +360,8 @@ async def _decide(request: Request, request_id: str, who: store.Principal, verb:
         return await transition(conn, now, rid, actor=who.name, comment=body.comment)
 
     check = _check_decidable(who.name, approving=verb == "approve")
-    out = await _transition(request, request_id, DecisionIn, check, act)
+    out = await _transition(request, request_id, DecisionIn, check, act,
+                            voter=who.name if verb == "approve" else None)
     log.info("request_decided", request_id=out["id"], by=who.name, decision=verb,
              status=out["status"])
     return out

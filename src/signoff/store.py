@@ -541,46 +541,58 @@ async def approve_request(
     conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
     comment: str | None = None,
 ) -> Row:
-    """Add ``actor``'s approval; the request becomes approved when the quorum is reached."""
+    """Add ``actor``'s approval; the request becomes approved when the quorum is reached.
+
+    The vote is written first (at ``now``), and only on a request ``actor`` may approve
+    now: ``INSERT … SELECT`` under the pending guard, ``ON CONFLICT DO NOTHING``. A vote
+    already there (a concurrent one of the same approver too: the insert waits for it)
+    inserts nothing, so nothing is counted and there is nothing to take back. Then the
+    guarded update counts the vote. On PostgreSQL both are one statement.
+    """
+    guard = sa.and_(_pending_guard(request_id, now), requests.c.requested_by != actor,
+                    requests.c.needs_analysis.is_(False))
+    vote = _insert(conn, approvals).from_select(
+        ["request_id", "approver", "at"],
+        sa.select(requests.c.id, sa.literal(actor, approvals.c.approver.type),
+                  sa.literal(now, approvals.c.at.type)).where(guard),
+    ).on_conflict_do_nothing().returning(approvals.c.request_id)
     reached = requests.c.approval_count + 1 >= requests.c.required_approvals
 
     def when_reached(value: Any, otherwise: Any) -> Any:
         return sa.case((reached, value), else_=otherwise)
 
-    # The count goes up before the vote is known to be new (a concurrent vote of the same
-    # approver is only seen by the insert). The savepoint takes the count back, so that a
-    # refusal leaves nothing behind even in a transaction that goes on and commits.
-    async with conn.begin_nested():
-        row = (
+    count = requests.update().values(
+        approval_count=requests.c.approval_count + 1,
+        status=when_reached("approved", requests.c.status),
+        disposition=when_reached(Disposition.HUMAN_APPROVED.value, requests.c.disposition),
+        decided_by=when_reached(actor, requests.c.decided_by),
+        decided_at=when_reached(sa.literal(now, requests.c.decided_at.type),
+                                requests.c.decided_at),
+        decision_comment=when_reached(sa.literal(comment, sa.Text()),
+                                      requests.c.decision_comment),
+    ).returning(*requests.c)
+    row: Row | None
+    if conn.dialect.name == "postgresql":
+        voted_cte = vote.cte("vote")
+        counted = count.where(guard, requests.c.id == voted_cte.c.request_id).cte("counted")
+        votes = sa.select(sa.func.count().label("voted")).select_from(voted_cte).subquery("v")
+        found = (
             await conn.execute(
-                requests.update()
-                .where(_pending_guard(request_id, now), requests.c.requested_by != actor,
-                       requests.c.needs_analysis.is_(False))
-                .values(
-                    approval_count=requests.c.approval_count + 1,
-                    status=when_reached("approved", requests.c.status),
-                    disposition=when_reached(Disposition.HUMAN_APPROVED.value,
-                                             requests.c.disposition),
-                    decided_by=when_reached(actor, requests.c.decided_by),
-                    decided_at=when_reached(sa.literal(now, requests.c.decided_at.type),
-                                            requests.c.decided_at),
-                    decision_comment=when_reached(sa.literal(comment, sa.Text()),
-                                                  requests.c.decision_comment),
-                )
-                .returning(*requests.c)
+                sa.select(votes.c.voted, *counted.c)
+                .select_from(votes.outerjoin(counted, sa.true()))
             )
-        ).mappings().first()
-        if row is not None:
-            vote = (
-                await conn.execute(
-                    _insert(conn, approvals)
-                    .values(request_id=request_id, approver=actor, at=now)
-                    .on_conflict_do_nothing()
-                    .returning(approvals.c.approver)
-                )
-            ).first()
-            if vote is None:
-                raise errors.AlreadyApproved(status=PENDING)
+        ).mappings().one()
+        voted = bool(found["voted"])
+        row = None if found["id"] is None else {c.name: found[c.name] for c in requests.c}
+    else:
+        voted = (await conn.execute(vote)).first() is not None
+        row = (await conn.execute(count.where(guard))).mappings().first() if voted else None
+    if voted and row is None:
+        # Another transition took the request between the vote and the count (PostgreSQL
+        # reads the guard of an INSERT … SELECT without a lock): take the vote back, so
+        # that a refusal leaves nothing behind even in a transaction that goes on.
+        await conn.execute(approvals.delete().where(
+            approvals.c.request_id == request_id, approvals.c.approver == actor))
     if row is None:
         raise await _refusal(conn, now, request_id, actor, own=False, approving=True)
     done = row["status"] == "approved"

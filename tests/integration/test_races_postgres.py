@@ -421,6 +421,8 @@ async def test_an_approval_waits_for_a_resolver_batch_and_is_told_expired(
     assert lost.error.status == "expired"
     final = await get_request(approver, rid)
     assert (final["status"], final["decided_at"]) == ("expired", AFTER)
+    # Its vote went in before it waited for the row; the refusal took it back.
+    assert await select(approver, sa.select(approvals).where(approvals.c.request_id == rid)) == []
 
 
 async def test_an_uncommitted_approval_of_a_sibling_keeps_the_incident_open(
