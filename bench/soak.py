@@ -158,7 +158,10 @@ class Load:
         self.calls = Calls()
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
-        limits = httpx.Limits(max_connections=64)
+        # Idle connections are dropped before the server's keep-alive timeout (5 s) can
+        # close them under a request just sent on them (a ReadError that is no failure of
+        # signoff's).
+        limits = httpx.Limits(max_connections=64, keepalive_expiry=2.0)
         self.clients = [
             {role: httpx.AsyncClient(base_url=s.url + "/api/v1", limits=limits, timeout=60,
                                      headers={"Authorization": f"Bearer {token}"})
