@@ -8,6 +8,7 @@ incidents second, so that two transactions never wait on each other in a circle.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -426,13 +427,7 @@ async def create_request(
         "needs_analysis": bool(data.get("needs_analysis")),
         "next_reminder_at": data.get("next_reminder_at"),
     }
-    stmt = _insert(conn, requests).values(**values)
-    if idempotency_key is not None:
-        stmt = stmt.on_conflict_do_nothing(
-            index_elements=[requests.c.requested_by, requests.c.idempotency_key],
-            index_where=requests.c.idempotency_key.isnot(None),
-        )
-    row = await _insert_and_wake(conn, stmt.returning(*requests.c), expires_at)
+    row = await _insert_and_wake(conn, values, idempotent=idempotency_key is not None)
     if row is None:  # a concurrent create with the same key won the insert
         assert idempotency_key is not None
         previous = await find_idempotent_request(conn, actor, idempotency_key)
@@ -449,24 +444,43 @@ async def create_request(
 
 
 async def _insert_and_wake(
-    conn: AsyncConnection, insert: Any, expires_at: datetime
+    conn: AsyncConnection, values: Mapping[str, Any], *, idempotent: bool
 ) -> Row | None:
-    """Run the request's ``INSERT … RETURNING``; on PostgreSQL, a new row also wakes the
-    resolvers.
+    """Insert the request; its row, or None if an earlier one has its idempotency key.
 
-    One NOTIFY per transaction wakes every replica's resolver; it re-reads the deadline.
-    It rides on the insert (``WITH ins AS (INSERT …) SELECT ins.*, pg_notify(…) FROM
-    ins``): no row inserted, no notification, and no round trip of its own. Like every
-    NOTIFY it is delivered only if the transaction commits.
+    On PostgreSQL a new row also wakes the resolvers: one NOTIFY per transaction wakes
+    every replica's, which re-reads the deadline. It rides on the insert (``WITH ins AS
+    (INSERT …) SELECT ins.*, pg_notify(…) FROM ins``): no row inserted, no notification,
+    and no round trip of its own. Like every NOTIFY it is delivered only at commit.
     """
+    stmt = _request_insert(conn.dialect.name, idempotent, tuple(values))
     if conn.dialect.name != "postgresql":
-        return (await conn.execute(insert)).mappings().first()
-    ins = insert.cte("ins")
-    woken = sa.select(
-        *ins.c, sa.func.pg_notify(WAKE_CHANNEL, expires_at.isoformat()).label("woke")
-    )
-    found = (await conn.execute(woken)).mappings().first()
-    return None if found is None else {c.name: found[c.name] for c in requests.c}
+        return (await conn.execute(stmt, dict(values))).mappings().first()
+    params = {**values, "wake": values["expires_at"].isoformat()}
+    found = (await conn.execute(stmt, params)).mappings().first()
+    if found is None:
+        return None
+    return {c.name: found[c.name] for c in requests.c}
+
+
+@functools.cache
+def _request_insert(dialect: str, idempotent: bool, names: tuple[str, ...]) -> Any:
+    """The statement ``_insert_and_wake`` runs, built once (see ``_approval_statements``);
+    a parameter per column in ``names``, and ``wake``."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(requests).values({n: sa.bindparam(n, type_=requests.c[n].type)
+                                    for n in names})
+    if idempotent:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=[requests.c.requested_by, requests.c.idempotency_key],
+            index_where=requests.c.idempotency_key.isnot(None),
+        )
+    returning = stmt.returning(*requests.c)
+    if dialect != "postgresql":
+        return returning
+    ins = returning.cte("ins")
+    wake = sa.bindparam("wake", type_=sa.Text())
+    return sa.select(*ins.c, sa.func.pg_notify(WAKE_CHANNEL, wake).label("woke"))
 
 
 async def find_idempotent_request(conn: AsyncConnection, actor: str, key: str) -> Row | None:
@@ -537,6 +551,45 @@ def _pending_guard(request_id: uuid.UUID, now: datetime) -> sa.ColumnElement[boo
     )
 
 
+@functools.cache
+def _approval_statements(dialect: str) -> tuple[Any, Any, Any]:
+    """An approval's vote, its count and (on PostgreSQL) both as one statement, built once:
+    the same statement objects every time, so SQLAlchemy neither builds them nor computes
+    their cache key again. Parameters: request_id, actor, now, comment."""
+    now = sa.bindparam("now", type_=requests.c.expires_at.type)
+    actor = sa.bindparam("actor", type_=sa.Text())
+    guard = sa.and_(
+        requests.c.id == sa.bindparam("request_id", type_=sa.Uuid()),
+        requests.c.status == PENDING, requests.c.expires_at > now,
+        requests.c.requested_by != actor, requests.c.needs_analysis.is_(False),
+    )
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    vote = insert(approvals).from_select(
+        ["request_id", "approver", "at"], sa.select(requests.c.id, actor, now).where(guard),
+    ).on_conflict_do_nothing().returning(approvals.c.request_id)
+    reached = requests.c.approval_count + 1 >= requests.c.required_approvals
+
+    def when_reached(value: Any, otherwise: Any) -> Any:
+        return sa.case((reached, value), else_=otherwise)
+
+    count = requests.update().values(
+        approval_count=requests.c.approval_count + 1,
+        status=when_reached("approved", requests.c.status),
+        disposition=when_reached(Disposition.HUMAN_APPROVED.value, requests.c.disposition),
+        decided_by=when_reached(actor, requests.c.decided_by),
+        decided_at=when_reached(now, requests.c.decided_at),
+        decision_comment=when_reached(sa.bindparam("comment", type_=sa.Text()),
+                                      requests.c.decision_comment),
+    ).returning(*requests.c)
+    if dialect != "postgresql":
+        return vote, count.where(guard), None
+    voted = vote.cte("vote")
+    counted = count.where(guard, requests.c.id == voted.c.request_id).cte("counted")
+    votes = sa.select(sa.func.count().label("voted")).select_from(voted).subquery("v")
+    both = sa.select(votes.c.voted, *counted.c).select_from(votes.outerjoin(counted, sa.true()))
+    return vote, count.where(guard), both
+
+
 async def approve_request(
     conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
     comment: str | None = None,
@@ -549,44 +602,16 @@ async def approve_request(
     inserts nothing, so nothing is counted and there is nothing to take back. Then the
     guarded update counts the vote. On PostgreSQL both are one statement.
     """
-    guard = sa.and_(_pending_guard(request_id, now), requests.c.requested_by != actor,
-                    requests.c.needs_analysis.is_(False))
-    vote = _insert(conn, approvals).from_select(
-        ["request_id", "approver", "at"],
-        sa.select(requests.c.id, sa.literal(actor, approvals.c.approver.type),
-                  sa.literal(now, approvals.c.at.type)).where(guard),
-    ).on_conflict_do_nothing().returning(approvals.c.request_id)
-    reached = requests.c.approval_count + 1 >= requests.c.required_approvals
-
-    def when_reached(value: Any, otherwise: Any) -> Any:
-        return sa.case((reached, value), else_=otherwise)
-
-    count = requests.update().values(
-        approval_count=requests.c.approval_count + 1,
-        status=when_reached("approved", requests.c.status),
-        disposition=when_reached(Disposition.HUMAN_APPROVED.value, requests.c.disposition),
-        decided_by=when_reached(actor, requests.c.decided_by),
-        decided_at=when_reached(sa.literal(now, requests.c.decided_at.type),
-                                requests.c.decided_at),
-        decision_comment=when_reached(sa.literal(comment, sa.Text()),
-                                      requests.c.decision_comment),
-    ).returning(*requests.c)
+    vote, count, both = _approval_statements(conn.dialect.name)
+    params = {"request_id": request_id, "actor": actor, "now": now, "comment": comment}
     row: Row | None
-    if conn.dialect.name == "postgresql":
-        voted_cte = vote.cte("vote")
-        counted = count.where(guard, requests.c.id == voted_cte.c.request_id).cte("counted")
-        votes = sa.select(sa.func.count().label("voted")).select_from(voted_cte).subquery("v")
-        found = (
-            await conn.execute(
-                sa.select(votes.c.voted, *counted.c)
-                .select_from(votes.outerjoin(counted, sa.true()))
-            )
-        ).mappings().one()
+    if both is not None:
+        found = (await conn.execute(both, params)).mappings().one()
         voted = bool(found["voted"])
         row = None if found["id"] is None else {c.name: found[c.name] for c in requests.c}
     else:
-        voted = (await conn.execute(vote)).first() is not None
-        row = (await conn.execute(count.where(guard))).mappings().first() if voted else None
+        voted = (await conn.execute(vote, params)).first() is not None
+        row = (await conn.execute(count, params)).mappings().first() if voted else None
     if voted and row is None:
         # Another transition took the request between the vote and the count (PostgreSQL
         # reads the guard of an INSERT … SELECT without a lock): take the vote back, so
