@@ -60,8 +60,9 @@ class Server:
         """A client acting as ``who`` (no token when None), closed when the server stops."""
         if who not in self.clients:
             headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
-            self.clients[who] = httpx.Client(
-                base_url=self.url + "/api/v1", headers=headers, timeout=30
+            self.clients[who] = httpx.Client(  # idle connections go before the server's
+                base_url=self.url + "/api/v1", headers=headers, timeout=30,  # keep-alive
+                limits=httpx.Limits(keepalive_expiry=2.0),  # timeout (5 s) closes them
             )
         return self.clients[who]
 

@@ -31,7 +31,9 @@ async def _hammer(server: Server, ids: list[str]) -> list[tuple[str, str, int, d
         ("carol", "approve"),
     ]
     results: list[tuple[str, str, int, dict[str, Any]]] = []
-    limits = httpx.Limits(max_connections=60)
+    # Idle connections go before the server's keep-alive timeout (5 s) can close one under
+    # a call just sent on it: a ReadError on a loaded machine that says nothing of signoff.
+    limits = httpx.Limits(max_connections=60, keepalive_expiry=2.0)
     async with httpx.AsyncClient(
         base_url=server.url + "/api/v1", timeout=30, limits=limits
     ) as client:
