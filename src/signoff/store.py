@@ -564,8 +564,12 @@ def _approval_statements(dialect: str) -> tuple[Any, Any, Any]:
         requests.c.requested_by != actor, requests.c.needs_analysis.is_(False),
     )
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # The guard is read under the row's lock (FOR NO KEY UPDATE, on PostgreSQL; SQLite
+    # writers take turns): a transition that commits first is seen, so no vote is written
+    # for a request that is no longer pending, and the count below cannot miss it.
     vote = insert(approvals).from_select(
-        ["request_id", "approver", "at"], sa.select(requests.c.id, actor, now).where(guard),
+        ["request_id", "approver", "at"],
+        sa.select(requests.c.id, actor, now).where(guard).with_for_update(key_share=True),
     ).on_conflict_do_nothing().returning(approvals.c.request_id)
     reached = requests.c.approval_count + 1 >= requests.c.required_approvals
 
@@ -612,12 +616,8 @@ async def approve_request(
     else:
         voted = (await conn.execute(vote, params)).first() is not None
         row = (await conn.execute(count, params)).mappings().first() if voted else None
-    if voted and row is None:
-        # Another transition took the request between the vote and the count (PostgreSQL
-        # reads the guard of an INSERT … SELECT without a lock): take the vote back, so
-        # that a refusal leaves nothing behind even in a transaction that goes on.
-        await conn.execute(approvals.delete().where(
-            approvals.c.request_id == request_id, approvals.c.approver == actor))
+    if voted and row is None:  # the vote's lock makes this impossible
+        raise RuntimeError(f"a vote on {request_id} was written but not counted")
     if row is None:
         raise await _refusal(conn, now, request_id, actor, own=False, approving=True)
     done = row["status"] == "approved"
