@@ -263,7 +263,7 @@ def doctor(
     ctx: typer.Context,
     grace: Annotated[
         float | None,
-        typer.Option(help="Seconds a due request may stay pending [default: the backstop]."),
+        typer.Option(help="Seconds a due request may stay pending (default: the backstop)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
