@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff.lifecycle import TERMINAL, Disposition, IncidentStatus, RequestStatus
+from signoff.store import is_live
 from signoff.tables import approvals, events, incidents, knowledge, requests
 
 PENDING = RequestStatus.PENDING.value
@@ -57,12 +58,7 @@ def _terminal_without_event(now: datetime, grace: timedelta) -> sa.Select[Any]:
 def _expired_with_idle_open_incident(now: datetime, grace: timedelta) -> sa.Select[Any]:
     sibling = requests.alias("sibling")
     live = sa.select(sibling.c.id).where(
-        sibling.c.incident_id == incidents.c.id,
-        sa.or_(
-            sibling.c.status == PENDING,
-            sa.and_(sibling.c.status == RequestStatus.APPROVED.value,
-                    sibling.c.outcome_at.is_(None)),
-        ),
+        sibling.c.incident_id == incidents.c.id, is_live(sibling)
     )
     return (
         sa.select(requests.c.id.label("request_id"), incidents.c.id.label("incident_id"))

@@ -244,6 +244,15 @@ async def resolve_incident(
     return closed[0]
 
 
+def is_live(table: Any) -> sa.ColumnElement[bool]:
+    """A request still in play for its incident: pending, or approved and waiting for its
+    outcome (``table`` is ``requests`` or an alias of it)."""
+    return sa.or_(
+        table.c.status == PENDING,
+        sa.and_(table.c.status == RequestStatus.APPROVED.value, table.c.outcome_at.is_(None)),
+    )
+
+
 async def close_incidents(
     conn: AsyncConnection,
     now: datetime,
@@ -287,11 +296,7 @@ async def close_incidents(
     guard = sa.and_(_among(conn, incidents.c.id, locked), incidents.c.status == "open")
     if only_if_idle:
         live = sa.select(requests.c.id).where(
-            requests.c.incident_id == incidents.c.id,
-            sa.or_(
-                requests.c.status == PENDING,
-                sa.and_(requests.c.status == "approved", requests.c.outcome_at.is_(None)),
-            ),
+            requests.c.incident_id == incidents.c.id, is_live(requests)
         )
         guard = sa.and_(guard, ~sa.exists(live))
     closed = (

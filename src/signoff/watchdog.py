@@ -36,6 +36,7 @@ from signoff.metrics import Metrics
 from signoff.notify.outbox import CARD, Channel, ItemStatus
 from signoff.resolver import is_unavailable
 from signoff.settings import Settings
+from signoff.store import is_live
 from signoff.tables import cards, incidents, outbox, requests
 
 PENDING = RequestStatus.PENDING.value
@@ -193,11 +194,7 @@ def _orphaned(now: datetime, t: Thresholds) -> sa.Select[Any]:
     ended_at = sa.func.coalesce(requests.c.outcome_at, requests.c.decided_at)
     recent_or_live = sa.select(requests.c.id).where(
         mine,
-        sa.or_(
-            requests.c.status == PENDING,
-            sa.and_(requests.c.status == APPROVED, requests.c.outcome_at.is_(None)),
-            ended_at >= now - t.orphan_grace,
-        ),
+        sa.or_(is_live(requests), ended_at >= now - t.orphan_grace),
     )
     last_ended = sa.select(sa.func.max(ended_at)).where(mine).scalar_subquery()
     return (
