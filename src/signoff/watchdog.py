@@ -120,28 +120,20 @@ def _stalled_detail(row: Row, now: datetime, t: Thresholds) -> str:
             f"({deadline:%Y-%m-%d %H:%M:%S %Z}): is any resolver running?")
 
 
-def _card_item(column: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
-    """A column of the request's card in the outbox (why it is not delivered)."""
-    return (
-        sa.select(column)
-        .where(outbox.c.request_id == requests.c.id,
-               outbox.c.channel == Channel.TELEGRAM.value, outbox.c.event == CARD)
-        .order_by(outbox.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-
-
 def _uncarded(now: datetime, t: Thresholds, *, placeholders: bool) -> sa.Select[Any]:
     card = sa.select(cards.c.request_id).where(cards.c.request_id == requests.c.id)
     where = [requests.c.status == PENDING, requests.c.created_at < now - t.notify_grace,
              ~sa.exists(card)]
     if placeholders:
         where.append(requests.c.needs_analysis.is_(True))
+    # The card's outbox item, if any (its dedupe key makes it one per request): why the
+    # card is not delivered.
+    item = sa.and_(outbox.c.request_id == requests.c.id,
+                   outbox.c.channel == Channel.TELEGRAM.value, outbox.c.event == CARD)
     return (
         sa.select(requests.c.id.label("request_id"), requests.c.created_at, requests.c.action,
-                  _card_item(outbox.c.status).label("card_status"),
-                  _card_item(outbox.c.last_error).label("card_error"))
+                  outbox.c.status.label("card_status"), outbox.c.last_error.label("card_error"))
+        .select_from(requests.outerjoin(outbox, item))
         .where(*where)
         .order_by(requests.c.created_at)
     )
