@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -59,6 +60,14 @@ class Role(StrEnum):
     APPROVER = "approver"
     VIEWER = "viewer"
     ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is acting: a token's name, or an approver mapped from a chat user, and a role."""
+
+    name: str
+    role: Role
 
 
 class EventKind(StrEnum):

@@ -1,0 +1,77 @@
+"""Every query and every state change, as guarded SQL. The caller owns the transaction;
+nothing here commits.
+
+One module a concept, each using only the ones above it in this list:
+
+``rows``       audit events, batched inserts, ``IN`` lists, the definition of a live request
+``tokens``     API tokens, stored hashed
+``incidents``  incidents, their closing, and the knowledge entries closing writes
+``requests``   approval requests and their transitions (approve, reject, cancel, outcome)
+``expiry``     the resolver's claims and the reads that plan its next pass
+
+Callers use the names gathered here (``store.approve_request``), not the modules.
+"""
+
+from signoff.lifecycle import Principal
+from signoff.store.expiry import (
+    ExpiryBatch,
+    count_due_requests,
+    due_request_ids,
+    expire_due_requests,
+    next_deadline,
+    pending_overview,
+    settle_request,
+)
+from signoff.store.incidents import (
+    close_incidents,
+    create_incident,
+    get_incident,
+    resolve_incident,
+)
+from signoff.store.requests import (
+    WAKE_CHANNEL,
+    approve_request,
+    cancel_request,
+    create_request,
+    explain_outcome_refusal,
+    explain_refusal,
+    find_idempotent_request,
+    get_request,
+    reject_request,
+    report_outcome,
+)
+from signoff.store.rows import EVENTS_KEY, PENDING, Row, is_live, record_events
+from signoff.store.tokens import authenticate, create_token, hash_token
+
+__all__ = [
+    "EVENTS_KEY",
+    "PENDING",
+    "WAKE_CHANNEL",
+    "ExpiryBatch",
+    "Principal",
+    "Row",
+    "approve_request",
+    "authenticate",
+    "cancel_request",
+    "close_incidents",
+    "count_due_requests",
+    "create_incident",
+    "create_request",
+    "create_token",
+    "due_request_ids",
+    "expire_due_requests",
+    "explain_outcome_refusal",
+    "explain_refusal",
+    "find_idempotent_request",
+    "get_incident",
+    "get_request",
+    "hash_token",
+    "is_live",
+    "next_deadline",
+    "pending_overview",
+    "record_events",
+    "reject_request",
+    "report_outcome",
+    "resolve_incident",
+    "settle_request",
+]
