@@ -1,4 +1,8 @@
-"""The application factory: settings in, a FastAPI app with the resolver beside it out."""
+"""The application factory: settings in, a FastAPI app with the resolver beside it out.
+
+Every background task (resolver, delivery worker, the scheduled watchdogs and heartbeat)
+is started and stopped here, in the lifespan, and nowhere else.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from signoff import __version__
 from signoff.api import router
 from signoff.db import Database
-from signoff.http import BodyLimit, CountHTTP, TokenCache, install_error_handlers
+from signoff.http import BodyLimit, CountHTTP, install_error_handlers
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
 from signoff.notify.worker import Notifier
+from signoff.resolver import Resolver
+from signoff.scheduler import background_checks
+from signoff.service import Service
 from signoff.settings import Settings
-from signoff.watchdog import Watchman
 
 log = get_logger("signoff.app")
 
@@ -42,6 +48,7 @@ def create_app(
     watching = run_resolver if run_watchdog is None else run_watchdog
     database = db or Database.from_settings(settings)
     meters = metrics or Metrics()
+    service = Service(database, settings, meters)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,17 +59,15 @@ def create_app(
         if notifying:
             senders = build_senders(database, settings, client)
             notifier = Notifier(database, settings, meters, senders)
-            app.state.notifier = notifier
+            service.notifier = notifier
             tasks.append(asyncio.create_task(notifier.run(stop), name="signoff-notify"))
         if run_resolver:
-            from signoff.resolver import Resolver
-
-            resolver = Resolver(database, settings, meters, listen_url=_listen_url(settings))
-            app.state.resolver = resolver
+            resolver = Resolver(database, settings, meters)
+            service.resolver = resolver
             tasks.append(asyncio.create_task(resolver.run(stop), name="signoff-resolver"))
         if watching:
-            watchman = Watchman(database, settings, meters)
-            tasks.append(asyncio.create_task(watchman.run(stop), name="signoff-watchdog"))
+            scheduler = background_checks(database, settings, meters)
+            tasks.append(asyncio.create_task(scheduler.run(stop), name="signoff-scheduler"))
         log.info("serve_started", host=settings.host, port=settings.port,
                  database=database.engine.dialect.name, resolver=run_resolver,
                  notifier=notifying)
@@ -74,6 +79,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            service.notifier = service.resolver = None
             await client.aclose()
             if db is None:
                 await database.dispose()
@@ -85,12 +91,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.db = database
-    app.state.metrics = meters
-    app.state.resolver = None
-    app.state.notifier = None
+    app.state.service = service
     app.state.http = None
-    app.state.tokens = TokenCache()
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(presses_router)
@@ -108,10 +110,3 @@ def create_app(
         return Response(generate_latest(meters.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def _listen_url(settings: Settings) -> str | None:
-    """The plain PostgreSQL URL the resolver's LISTEN connection uses (None on SQLite)."""
-    if not settings.is_postgres:
-        return None
-    return "postgresql://" + settings.async_database_url.split("://", 1)[1]

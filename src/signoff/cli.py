@@ -13,11 +13,11 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from signoff import store
 from signoff.db import Database
 from signoff.lifecycle import Role
 from signoff.logs import configure_logging
 from signoff.migrate import upgrade
+from signoff.service import Service
 from signoff.settings import Settings
 
 T = TypeVar("T")
@@ -116,6 +116,13 @@ async def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]])
         await db.dispose()
 
 
+async def _with_service(settings: Settings, work: Callable[[Service], Awaitable[T]]) -> T:
+    """``work`` on the operations of the configured database (no background tasks)."""
+    from signoff.metrics import Metrics
+
+    return await _with_db(settings, lambda db: work(Service(db, settings, Metrics())))
+
+
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -165,6 +172,8 @@ def token_create(
     role: Annotated[Role, typer.Option(help="requester, approver, viewer or admin.")],
 ) -> None:
     """Create an API token and print it (shown only this once) as the last line."""
+    from signoff.metrics import Metrics
+
     if not name.strip() or len(name) > 200:
         err.print("[red]NAME must be 1 to 200 characters[/]")
         raise typer.Exit(2)
@@ -172,7 +181,7 @@ def token_create(
 
     async def work(db: Database) -> str:
         await upgrade(db)
-        return await db.run(lambda conn, now: store.create_token(conn, now, name, role))
+        return await Service(db, settings, Metrics()).create_token(name, role)
 
     secret = run_async(lambda: _with_db(settings, work))
     err.print(f"token for [bold]{name}[/] ({role.value}); it is stored hashed, keep it now:")
@@ -185,7 +194,6 @@ def resolve(
     once: Annotated[bool, typer.Option("--once", help="Drain what is due, then exit.")] = False,
 ) -> None:
     """Run the resolver alone: expire due requests and close their incidents."""
-    from signoff.app import _listen_url
     from signoff.metrics import Metrics
     from signoff.resolver import Resolver
 
@@ -193,7 +201,7 @@ def resolve(
 
     async def work(db: Database) -> None:
         await upgrade(db)
-        resolver = Resolver(db, settings, Metrics(), listen_url=_listen_url(settings))
+        resolver = Resolver(db, settings, Metrics())
         if once:
             result = await _drain_with_progress(resolver)
             err.print(
@@ -271,17 +279,10 @@ def doctor(
     import json
     from datetime import timedelta
 
-    from signoff.doctor import run_checks
-
     settings = load_settings(ctx)
     allowed = settings.resolver_backstop if grace is None else timedelta(seconds=grace)
 
-    async def work(db: Database) -> Any:
-        return await db.run(
-            lambda conn, now: run_checks(conn, now, grace=allowed), readonly=True
-        )
-
-    findings = run_async(lambda: _with_db(settings, work))
+    findings = run_async(lambda: _with_service(settings, lambda s: s.doctor(allowed)))
     if as_json:
         print(json.dumps([
             {"check": f.check, "description": f.description, "violations": f.count,
@@ -311,17 +312,8 @@ def watchdog(
     """Run the watchdogs once on the database; exit 1 when any finds something."""
     import json
 
-    from signoff.watchdog import Thresholds, run_watchdogs
-
     settings = load_settings(ctx)
-    thresholds = Thresholds.from_settings(settings)
-
-    async def work(db: Database) -> Any:
-        return await db.run(
-            lambda conn, now: run_watchdogs(conn, now, thresholds), readonly=True
-        )
-
-    checks = run_async(lambda: _with_db(settings, work))
+    checks = run_async(lambda: _with_service(settings, lambda s: s.watchdog()))
     if as_json:
         print(json.dumps({"checks": [c.as_json() for c in checks]}, indent=2))
     else:
@@ -360,7 +352,7 @@ def report(
     import json
 
     from signoff.errors import FutureDay
-    from signoff.report import build_report, parse_day
+    from signoff.report import parse_day
 
     settings = load_settings(ctx)
     try:
@@ -368,13 +360,8 @@ def report(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--day'") from None
 
-    async def work(db: Database) -> Any:
-        return await db.run(
-            lambda conn, now: build_report(conn, now, settings, wanted), readonly=True
-        )
-
     try:
-        made = run_async(lambda: _with_db(settings, work))
+        made = run_async(lambda: _with_service(settings, lambda s: s.report(wanted)))
     except FutureDay as exc:
         raise typer.BadParameter(exc.message, param_hint="'--day'") from None
     if as_json:

@@ -6,7 +6,6 @@ Domain errors become HTTP answers here and nowhere else.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -20,15 +19,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from signoff import errors, store
-from signoff.db import Database
-from signoff.lifecycle import Role, role_allows
+from signoff import errors
+from signoff.lifecycle import Principal, Role, role_allows
 from signoff.logs import get_logger
+from signoff.service import Service
 
 log = get_logger("signoff.http")
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY = 1024 * 1024
-_TOKEN_CACHE_SECONDS = 10.0
 # h11 takes any token as a method: any other is counted as "other", so that made-up
 # methods cannot add metric series (kept for the process's life) without bound.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -196,36 +194,16 @@ class CountHTTP:
 # -- authentication -------------------------------------------------------------------
 
 
-class TokenCache:
-    """Recently seen tokens, so that a busy client does not cost a query per call."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[float, store.Principal]] = {}
-
-    async def principal(self, db: Database, secret: str) -> store.Principal | None:
-        digest = store.hash_token(secret)
-        hit = self._seen.get(digest)
-        if hit is not None and time.monotonic() - hit[0] < _TOKEN_CACHE_SECONDS:
-            return hit[1]
-        async with db.begin(readonly=True) as conn:
-            found = await store.authenticate(conn, secret)
-        if found is not None:
-            if len(self._seen) > 10_000:
-                self._seen.clear()
-            self._seen[digest] = (time.monotonic(), found)
-        return found
-
-
-def require(role: Role) -> Callable[[Request], Awaitable[store.Principal]]:
+def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: the caller's principal, if its token grants ``role``."""
 
-    async def dependency(request: Request) -> store.Principal:
+    async def dependency(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise errors.Unauthenticated()
-        tokens: TokenCache = request.app.state.tokens
-        found = await tokens.principal(request.app.state.db, secret.strip())
+        service: Service = request.app.state.service
+        found = await service.authenticate(secret.strip())
         if found is None:
             raise errors.Unauthenticated("the bearer token is not valid")
         if not role_allows(found.role, role):
@@ -236,14 +214,6 @@ def require(role: Role) -> Callable[[Request], Awaitable[store.Principal]]:
 
 
 # -- parsing --------------------------------------------------------------------------
-
-
-def parse_id(value: str, missing: type[errors.NotFound]) -> uuid.UUID:
-    """An id in a path: anything that is not a UUID names nothing (404)."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise missing() from None
 
 
 def parse_filter_id(value: str | None, name: str) -> uuid.UUID | None:

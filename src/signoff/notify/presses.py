@@ -12,17 +12,16 @@ from __future__ import annotations
 import contextlib
 import hmac
 import uuid
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from signoff import errors, store
-from signoff.api import _write  # the API's unit of work: metrics, and the worker woken
+from signoff import errors
+from signoff.lifecycle import Principal, Role
 from signoff.logs import get_logger
 from signoff.notify.channels import bot_api, http_client
 from signoff.notify.delivery import DeliveryFailed
+from signoff.service import Service
 from signoff.settings import Settings
 
 log = get_logger("signoff.telegram")
@@ -92,25 +91,19 @@ async def telegram_webhook(request: Request, background: BackgroundTasks) -> dic
     elif decision not in ("approve", "reject") or request_id is None:
         answer = "Unknown button; nothing changed."
     else:
-        rid = request_id
-
-        async def decide(conn: AsyncConnection, now: datetime) -> Any:
-            if decision == "approve":
-                return await store.approve_request(conn, now, rid, actor=approver)
-            return await store.reject_request(conn, now, rid, actor=approver)
-
+        service: Service = request.app.state.service
+        who = Principal(approver, Role.APPROVER)
+        decide = service.approve if decision == "approve" else service.reject
         try:
-            row = await _write(request, decide)
+            out = await decide(who, request_id, via="telegram")
         except errors.SignoffError as exc:
             answer = _reason(exc)
         else:
-            if row["status"] == "pending":
-                answer = (f"Approval recorded ({row['approval_count']} of "
-                          f"{row['required_approvals']}).")
+            if out["status"] == "pending":
+                answer = (f"Approval recorded ({len(out['approvals'])} of "
+                          f"{out['required_approvals']}).")
             else:
-                answer = f"Done: {row['status']} by {approver}."
-            log.info("request_decided", request_id=str(rid), by=approver, decision=decision,
-                     status=row["status"], via="telegram")
+                answer = f"Done: {out['status']} by {approver}."
     background.add_task(_answer, request, query_id, answer)
     return {"ok": True}
 

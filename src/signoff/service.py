@@ -1,0 +1,489 @@
+"""The operations every front end calls: one operation, one unit of work.
+
+The HTTP API, Telegram presses and the CLI (and every later front end) parse what they
+were sent, call one operation here and shape its answer for their audience. An operation
+runs its own transaction (``Database.run``: again if it was a deadlock victim), and once
+that transaction has committed it counts what it did from the audit events it wrote,
+wakes the delivery worker if it queued a notification and the resolver if it made a
+deadline. Refusals are domain errors (``signoff.errors``), never HTTP ones.
+
+Contract order of refusals: who (401/403), what (404), state (409), content (422). A
+front end hands over a body it could not validate as the ``InvalidInput`` to raise, so
+that the state is checked first.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from signoff import errors, queries, store
+from signoff.db import Database
+from signoff.doctor import Finding, run_checks
+from signoff.lifecycle import (
+    IncidentStatus,
+    Principal,
+    RequestStatus,
+    ResolutionType,
+    Role,
+    role_allows,
+)
+from signoff.logs import get_logger
+from signoff.metrics import Metrics
+from signoff.notify.outbox import ADDED_KEY as OUTBOX_ADDED
+from signoff.notify.reminders import first_reminder
+from signoff.report import Report, build_report
+from signoff.schemas import (
+    DecisionIn,
+    IncidentIn,
+    OutcomeIn,
+    RequestIn,
+    ResolveIn,
+    as_utc,
+    canonical_digest,
+)
+from signoff.settings import Settings
+from signoff.views import event_view, incident_view, knowledge_view, request_view
+from signoff.watchdog import CheckResult, Thresholds, run_watchdogs
+
+T = TypeVar("T")
+Work = Callable[[AsyncConnection, datetime], Awaitable[T]]
+Id = uuid.UUID | str
+Page = dict[str, Any]
+log = get_logger("signoff.service")
+
+_TOKEN_CACHE_SECONDS = 10.0
+_TOKEN_CACHE_SIZE = 10_000
+
+
+class Notifier(Protocol):
+    def wake(self) -> None: ...
+
+
+class Resolver(Protocol):
+    def wake(self, deadline: datetime | None = None) -> None: ...
+
+
+def parse_id(value: Id, missing: type[errors.NotFound]) -> uuid.UUID:
+    """An id as given (a path segment, a button's data): anything not a UUID names nothing."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise missing() from None
+
+
+def _allow(who: Principal, role: Role) -> None:
+    if not role_allows(who.role, role):
+        raise errors.Forbidden(f"this needs the {role.value} role; the token is {who.role}")
+
+
+def _content(body: T | errors.InvalidInput) -> T:
+    if isinstance(body, errors.InvalidInput):
+        raise body
+    return body
+
+
+def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
+    return {"items": items, "next_cursor": next_cursor}
+
+
+class Service:
+    """signoff's operations over one database. Built at the edge (the app, a CLI command);
+    the app's lifespan attaches the delivery worker and the resolver it wakes."""
+
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics) -> None:
+        self.db = db
+        self.settings = settings
+        self.metrics = metrics
+        self.thresholds = Thresholds.from_settings(settings)
+        self.notifier: Notifier | None = None
+        self.resolver: Resolver | None = None
+        self._principals: dict[str, tuple[float, Principal]] = {}
+
+    # -- the unit of work ---------------------------------------------------------------
+
+    async def _write(self, work: Work[T]) -> T:
+        """Run ``work`` in one transaction; after it commits, count what it did."""
+        written: list[dict[str, Any]] = []
+        queued: list[int] = []
+
+        async def collecting(conn: AsyncConnection, now: datetime) -> T:
+            attempt: list[dict[str, Any]] = []
+            outbox: list[int] = []
+            # Held here: once the connection is lost, ``conn.info`` raises and would hide
+            # the database's error (a 503) behind its own (a 500).
+            info = conn.info
+            info[store.EVENTS_KEY] = attempt
+            info[OUTBOX_ADDED] = outbox
+            try:
+                result = await work(conn, now)
+            finally:
+                info.pop(store.EVENTS_KEY, None)
+                info.pop(OUTBOX_ADDED, None)
+            written[:] = attempt  # only the attempt that committed counts
+            queued[:] = outbox
+            return result
+
+        result = await self.db.run(collecting)
+        self.metrics.observe_events(written)
+        # Only a transaction that queued something gives the worker work: waking it for
+        # every write made it read the outbox again and again under load.
+        if queued and self.notifier is not None:
+            self.notifier.wake()
+        return result
+
+    async def _read(self, work: Work[T]) -> T:
+        return await self.db.run(work, readonly=True)
+
+    # -- tokens -------------------------------------------------------------------------
+
+    async def authenticate(self, secret: str) -> Principal | None:
+        """The principal of a bearer token, or None. Recently seen tokens are remembered
+        for a few seconds, so that a busy client does not cost a query per call."""
+        digest = store.hash_token(secret)
+        hit = self._principals.get(digest)
+        if hit is not None and time.monotonic() - hit[0] < _TOKEN_CACHE_SECONDS:
+            return hit[1]
+        found = await self._read(lambda conn, now: store.authenticate(conn, secret))
+        if found is not None:
+            if len(self._principals) >= _TOKEN_CACHE_SIZE:
+                self._principals.clear()
+            self._principals[digest] = (time.monotonic(), found)
+        return found
+
+    async def create_token(self, name: str, role: Role) -> str:
+        """Store a new token hashed; the only copy of its secret."""
+        return await self._write(lambda conn, now: store.create_token(conn, now, name, role))
+
+    # -- incidents ----------------------------------------------------------------------
+
+    async def create_incident(self, who: Principal, body: IncidentIn) -> tuple[Page, bool]:
+        """Open an incident; an open one with the same fingerprint is returned instead
+        (``created`` false)."""
+        _allow(who, Role.REQUESTER)
+        row, created = await self._write(
+            lambda conn, now: store.create_incident(conn, now, actor=who.name,
+                                                    data=body.model_dump())
+        )
+        if created:
+            log.info("incident_opened", incident_id=str(row["id"]), by=who.name)
+        return incident_view(row), created
+
+    async def resolve_incident(
+        self, who: Principal, incident_id: Id, body: ResolveIn | errors.InvalidInput
+    ) -> Page:
+        """Resolve by hand (resolution type ``manual``); its pending requests are cancelled."""
+        _allow(who, Role.APPROVER)
+        iid = parse_id(incident_id, errors.IncidentNotFound)
+
+        async def work(conn: AsyncConnection, now: datetime) -> Any:
+            current = await store.get_incident(conn, iid)
+            if current["status"] != IncidentStatus.OPEN:
+                raise errors.IncidentResolved(status=current["status"])
+            return await store.resolve_incident(
+                conn, now, iid, actor=who.name, resolution_type=ResolutionType.MANUAL,
+                note=_content(body).note,
+            )
+
+        row = await self._write(work)
+        log.info("incident_resolved", incident_id=str(iid), by=who.name,
+                 resolution_type="manual")
+        return incident_view(row)
+
+    async def get_incident(self, who: Principal, incident_id: Id) -> Page:
+        _allow(who, Role.VIEWER)
+        iid = parse_id(incident_id, errors.IncidentNotFound)
+        return incident_view(await self._read(lambda conn, now: store.get_incident(conn, iid)))
+
+    async def list_incidents(
+        self, who: Principal, *, status: IncidentStatus | None = None,
+        service: str | None = None, limit: int = 50, cursor: str | None = None,
+    ) -> Page:
+        _allow(who, Role.VIEWER)
+        page = await self._read(lambda conn, now: queries.list_incidents(
+            conn, status=None if status is None else status.value, service=service,
+            limit=limit, cursor=cursor,
+        ))
+        return _page([incident_view(r) for r in page.rows], page.next_cursor)
+
+    async def incident_events(
+        self, who: Principal, incident_id: Id, *, limit: int = 50, cursor: str | None = None
+    ) -> Page:
+        _allow(who, Role.VIEWER)
+        iid = parse_id(incident_id, errors.IncidentNotFound)
+
+        async def work(conn: AsyncConnection, now: datetime) -> queries.Page:
+            await store.get_incident(conn, iid)
+            return await queries.list_events(conn, incident_id=iid, limit=limit, cursor=cursor)
+
+        page = await self._read(work)
+        return _page([event_view(r) for r in page.rows], page.next_cursor)
+
+    # -- approval requests --------------------------------------------------------------
+
+    def deadline(self, body: RequestIn, now: datetime) -> datetime:
+        """The request's deadline: never clamped; anything out of range is the client's error."""
+        max_ttl = self.settings.max_ttl
+        max_seconds = max_ttl.total_seconds()
+        if body.ttl_seconds is not None and body.expires_at is not None:
+            raise errors.InvalidInput("give ttl_seconds or expires_at, not both")
+        if body.ttl_seconds is not None:
+            if body.ttl_seconds > max_seconds:
+                raise errors.InvalidInput(
+                    f"ttl_seconds: at most the maximum TTL, {int(max_seconds)} seconds"
+                )
+            return now + timedelta(seconds=body.ttl_seconds)
+        if body.expires_at is not None:
+            expires_at = as_utc(body.expires_at)
+            if expires_at <= now:
+                raise errors.InvalidInput("expires_at: must be in the future")
+            if expires_at - now > max_ttl:
+                raise errors.InvalidInput(
+                    f"expires_at: at most the maximum TTL ({int(max_seconds)} s) ahead"
+                )
+            return expires_at
+        return now + self.settings.default_ttl
+
+    async def create_request(
+        self, who: Principal, body: RequestIn, *, idempotency_key: str | None = None
+    ) -> tuple[Page, bool]:
+        """Ask for sign-off. The same idempotency key and body return the same request
+        (``created`` false), even once its deadline has passed."""
+        _allow(who, Role.REQUESTER)
+        settings = self.settings
+        digest = canonical_digest(body) if idempotency_key is not None else None
+
+        async def work(conn: AsyncConnection, now: datetime) -> tuple[Page, bool, datetime]:
+            if idempotency_key is not None:
+                previous = await store.find_idempotent_request(conn, who.name, idempotency_key)
+                if previous is not None:
+                    if previous["idempotency_digest"] != digest:
+                        raise errors.IdempotencyMismatch()
+                    return await _request_out(conn, now, previous), False, previous["expires_at"]
+            expires_at = self.deadline(body, now)
+            data = {
+                **body.model_dump(),
+                "needs_analysis": settings.is_placeholder(body.action),
+                "next_reminder_at": first_reminder(now, expires_at, settings.reminders),
+            }
+            row, created = await store.create_request(
+                conn, now, actor=who.name, data=data, expires_at=expires_at,
+                idempotency_key=idempotency_key, digest=digest,
+            )
+            return await _request_out(conn, now, row), created, expires_at
+
+        out, created, expires_at = await self._write(work)
+        if created:
+            if self.resolver is not None:
+                self.resolver.wake(expires_at)
+            log.info("request_created", request_id=out["id"], incident_id=out["incident_id"],
+                     by=who.name, expires_at=out["expires_at"])
+        return out, created
+
+    async def get_request(self, who: Principal, request_id: Id) -> Page:
+        _allow(who, Role.VIEWER)
+        rid = parse_id(request_id, errors.RequestNotFound)
+
+        async def work(conn: AsyncConnection, now: datetime) -> Page:
+            return await _request_out(conn, now, await store.get_request(conn, rid))
+
+        return await self._read(work)
+
+    async def list_requests(
+        self, who: Principal, *, status: RequestStatus | None = None,
+        incident_id: uuid.UUID | None = None, limit: int = 50, cursor: str | None = None,
+    ) -> Page:
+        _allow(who, Role.VIEWER)
+
+        async def work(conn: AsyncConnection, now: datetime) -> Page:
+            page = await queries.list_requests(
+                conn, now, status=status, incident_id=incident_id, limit=limit, cursor=cursor
+            )
+            found = await queries.approvals_of(
+                conn, [r["id"] for r in page.rows if r["approval_count"]]
+            )
+            items = [request_view(r, found.get(r["id"], []), now) for r in page.rows]
+            return _page(items, page.next_cursor)
+
+        return await self._read(work)
+
+    async def request_events(
+        self, who: Principal, request_id: Id, *, limit: int = 50, cursor: str | None = None
+    ) -> Page:
+        _allow(who, Role.VIEWER)
+        rid = parse_id(request_id, errors.RequestNotFound)
+
+        async def work(conn: AsyncConnection, now: datetime) -> queries.Page:
+            await store.get_request(conn, rid)
+            return await queries.list_events(conn, request_id=rid, limit=limit, cursor=cursor)
+
+        page = await self._read(work)
+        return _page([event_view(r) for r in page.rows], page.next_cursor)
+
+    async def approve(
+        self, who: Principal, request_id: Id,
+        body: DecisionIn | errors.InvalidInput = DecisionIn(), *, via: str = "api",
+    ) -> Page:
+        """Add ``who``'s approval; the request is approved once the quorum is reached."""
+        return await self._decide(who, request_id, body, approving=True, via=via)
+
+    async def reject(
+        self, who: Principal, request_id: Id,
+        body: DecisionIn | errors.InvalidInput = DecisionIn(), *, via: str = "api",
+    ) -> Page:
+        """Reject: one reject ends the request, whatever approvals it already had."""
+        return await self._decide(who, request_id, body, approving=False, via=via)
+
+    async def _decide(
+        self, who: Principal, request_id: Id, body: DecisionIn | errors.InvalidInput,
+        *, approving: bool, via: str,
+    ) -> Page:
+        _allow(who, Role.APPROVER)
+        transition = store.approve_request if approving else store.reject_request
+
+        async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
+            refusal = await store.explain_refusal(
+                conn, now, rid, who.name, own=False, approving=approving
+            )
+            if refusal is not None:
+                raise refusal
+
+        async def act(conn: AsyncConnection, now: datetime, rid: uuid.UUID, parsed: Any) -> Any:
+            return await transition(conn, now, rid, actor=who.name, comment=parsed.comment)
+
+        out = await self._transition(request_id, body, check, act,
+                                     voter=who.name if approving else None)
+        log.info("request_decided", request_id=out["id"], by=who.name,
+                 decision="approve" if approving else "reject", status=out["status"], via=via)
+        return out
+
+    async def cancel(self, who: Principal, request_id: Id) -> Page:
+        """Withdraw a pending request; only its requester (or an admin) may."""
+        _allow(who, Role.REQUESTER)
+        admin = who.role is Role.ADMIN
+
+        async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
+            await store.get_request(conn, rid)
+
+        async def act(conn: AsyncConnection, now: datetime, rid: uuid.UUID, _: Any) -> Any:
+            return await store.cancel_request(conn, now, rid, actor=who.name, admin=admin)
+
+        out = await self._transition(request_id, None, check, act)
+        log.info("request_cancelled", request_id=out["id"], by=who.name)
+        return out
+
+    async def report_outcome(
+        self, who: Principal, request_id: Id, body: OutcomeIn | errors.InvalidInput
+    ) -> Page:
+        """Record how the approved action went; success resolves its incident (``action``)."""
+        _allow(who, Role.REQUESTER)
+        admin = who.role is Role.ADMIN
+
+        async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
+            refusal = await store.explain_outcome_refusal(conn, now, rid, who.name, admin=admin)
+            if refusal is not None:
+                raise refusal
+
+        async def act(conn: AsyncConnection, now: datetime, rid: uuid.UUID, parsed: Any) -> Any:
+            return await store.report_outcome(
+                conn, now, rid, actor=who.name, succeeded=parsed.succeeded,
+                detail=parsed.detail, admin=admin,
+            )
+
+        out = await self._transition(request_id, body, check, act)
+        log.info("request_outcome", request_id=out["id"], by=who.name,
+                 succeeded=out["outcome"]["succeeded"])
+        return out
+
+    async def _transition(
+        self,
+        request_id: Id,
+        body: Any,
+        check: Callable[[AsyncConnection, datetime, uuid.UUID], Awaitable[None]],
+        act: Callable[[AsyncConnection, datetime, uuid.UUID, Any], Awaitable[Any]],
+        *,
+        voter: str | None = None,
+    ) -> Page:
+        """One guarded transition, refused in the contract's order.
+
+        ``voter``: ``act`` adds this approver's vote (see ``_request_out``)."""
+        rid = parse_id(request_id, errors.RequestNotFound)
+
+        async def work(conn: AsyncConnection, now: datetime) -> Page:
+            if isinstance(body, errors.InvalidInput):
+                await check(conn, now, rid)  # raises 404/403/409 before the 422
+                raise body
+            return await _request_out(conn, now, await act(conn, now, rid, body), voter=voter)
+
+        try:
+            return await self._write(work)
+        except errors.RequestNotPending as refused:
+            if refused.status != RequestStatus.EXPIRED:
+                raise
+            # Refused at the deadline: record the expiry now, so that the refusal names
+            # the status that finally won (a decision committing just before it may).
+            status = await self._write(lambda conn, now: store.settle_request(conn, now, rid))
+            raise errors.RequestNotPending(
+                "the request has expired" if status == "expired"
+                else f"the request is already {status}",
+                status=status,
+            ) from None
+
+    # -- knowledge, statistics and operations -------------------------------------------
+
+    async def list_knowledge(
+        self, who: Principal, *, incident_id: uuid.UUID | None = None,
+        service: str | None = None, fingerprint: str | None = None, limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        _allow(who, Role.VIEWER)
+        page = await self._read(lambda conn, now: queries.list_knowledge(
+            conn, incident_id=incident_id, service=service, fingerprint=fingerprint,
+            limit=limit, cursor=cursor,
+        ))
+        return _page([knowledge_view(r) for r in page.rows], page.next_cursor)
+
+    async def stats(
+        self, who: Principal, *, since: datetime | None = None, until: datetime | None = None
+    ) -> dict[str, Any]:
+        """Dispositions and rates of the requests that ended in ``[since, until)``."""
+        _allow(who, Role.VIEWER)
+        if since is not None and until is not None and since > until:
+            raise errors.InvalidInput("since must not be after until")
+        return await self._read(
+            lambda conn, now: queries.compute_stats(conn, since=since, until=until)
+        )
+
+    async def watchdog(self, *, limit: int = 100) -> list[CheckResult]:
+        """The watchdogs' findings now, computed from the database."""
+        return await self._read(
+            lambda conn, now: run_watchdogs(conn, now, self.thresholds, limit=limit)
+        )
+
+    async def report(self, day: date | None = None) -> Report:
+        """The daily report of a local day (today so far without one)."""
+        return await self._read(lambda conn, now: build_report(conn, now, self.settings, day))
+
+    async def doctor(self, grace: timedelta) -> list[Finding]:
+        """The lifecycle's invariants checked on the database."""
+        return await self._read(lambda conn, now: run_checks(conn, now, grace=grace))
+
+
+async def _request_out(
+    conn: AsyncConnection, now: datetime, row: Any, *, voter: str | None = None
+) -> Page:
+    """The request as answered; ``voter`` has just approved it (``store.approve_request``
+    records the vote at ``now``)."""
+    if row["approval_count"] == 0:  # the common case: no votes to read
+        return request_view(row, [], now)
+    if voter is not None and row["approval_count"] == 1:  # that vote is the only one
+        return request_view(row, [{"approver": voter, "at": now.astimezone(UTC)}], now)
+    found = await queries.approvals_of(conn, [row["id"]])
+    return request_view(row, found[row["id"]], now)
