@@ -20,9 +20,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from signoff.notify.outbox import OPTION as OUTBOX_OPTION
@@ -54,6 +55,27 @@ def is_retryable(exc: BaseException) -> bool:
         if _sqlstate(exc) in _RETRYABLE_SQLSTATES:
             return True
         return "database is locked" in str(exc.orig)
+    return False
+
+
+# SQLSTATE classes and codes that mean the server, not the row, is the problem.
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unreachable (as opposed to a bad row)."""
+    if isinstance(exc, OSError | TimeoutError | InterfaceError | OperationalError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        for candidate in (orig, getattr(orig, "__cause__", None)):
+            code = getattr(candidate, "sqlstate", None)
+            if isinstance(code, str) and code.startswith(_UNAVAILABLE_SQLSTATES):
+                return True
+            if isinstance(candidate, OSError | asyncpg.exceptions.ConnectionDoesNotExistError):
+                return True
     return False
 
 

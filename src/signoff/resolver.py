@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-import asyncpg
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import store
-from signoff.db import Database, is_retryable
+from signoff.db import Database, is_retryable, is_unavailable
 from signoff.lifecycle import Disposition, ResolutionType
 from signoff.listener import Backoff, DeadlineListener
 from signoff.logs import get_logger
@@ -47,27 +45,6 @@ _GAUGE_INTERVAL = 1.0
 # A quarantine that grows without bound is no longer "one bad row": stop adding to it.
 _QUARANTINE_LIMIT = 1000
 _ATTEMPTS = 4
-
-# SQLSTATE classes and codes that mean the server, not the row, is the problem.
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database is unreachable (as opposed to a bad row)."""
-    if isinstance(exc, OSError | TimeoutError | InterfaceError | OperationalError):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        orig = exc.orig
-        for candidate in (orig, getattr(orig, "__cause__", None)):
-            code = getattr(candidate, "sqlstate", None)
-            if isinstance(code, str) and code.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
-                return True
-            if isinstance(candidate, OSError | asyncpg.exceptions.ConnectionDoesNotExistError):
-                return True
-    return False
-
 
 @dataclass
 class PassResult:

@@ -16,8 +16,6 @@ W-6    an open incident whose requests have all ended, the last longer ago than 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,11 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff.db import Database
 from signoff.lifecycle import IncidentStatus, RequestStatus
-from signoff.listener import Backoff
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.notify.outbox import CARD, Channel, ItemStatus
-from signoff.resolver import is_unavailable
 from signoff.settings import Settings
 from signoff.store import is_live
 from signoff.tables import cards, incidents, outbox, requests
@@ -268,22 +264,17 @@ async def run_watchdogs(
 
 
 class Watchman:
-    """Runs the checks on a schedule inside ``signoff serve``: gauges, and a log line
-    whenever a check's count changes. The findings themselves are always recomputed from
-    the database when read; this is what makes them alert."""
+    """One pass of the checks, run on a schedule inside ``signoff serve`` (see
+    ``signoff.scheduler``): gauges, and a log line whenever a check's count changes. The
+    findings themselves are always recomputed from the database when read; this is what
+    makes them alert."""
 
     def __init__(self, db: Database, settings: Settings, metrics: Metrics) -> None:
         self.db = db
         self.thresholds = Thresholds.from_settings(settings)
-        self.interval = settings.watchdog_interval.total_seconds()
         self.metrics = metrics
         self.last: dict[str, int] = {}
         self._log = get_logger("signoff.watchdog")
-        # The daily report is sent on this schedule too (it reads the watchdogs, hence the
-        # import here rather than at the top).
-        from signoff.notify.heartbeat import Heartbeat
-
-        self.heartbeat = Heartbeat(db, settings)
 
     async def check(self) -> list[CheckResult]:
         """One pass: every check, its gauge set and its change logged."""
@@ -305,21 +296,4 @@ class Watchman:
                     self._log.info("watchdog_clear", check=result.id, name=result.name)
             self.last[result.id] = result.count
         self.metrics.watchdog_last_run.set(time.time())
-        await self.heartbeat.beat()
         return results
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Every ``interval`` until ``stop``; a failing pass is logged and tried again."""
-        backoff = Backoff(min(1.0, self.interval), self.interval)
-        while not stop.is_set():
-            try:
-                await self.check()
-                delay = self.interval
-                backoff.reset()
-            except Exception as exc:
-                delay = backoff.next()
-                event = "watchdog_db_unavailable" if is_unavailable(exc) else "watchdog_error"
-                self._log.warning(event, error=repr(exc), retry_in_seconds=delay)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()

@@ -26,8 +26,8 @@ from signoff.notify.heartbeat import Heartbeat
 from signoff.notify.webhook import SIGNATURE_HEADER, verify
 from signoff.notify.worker import Notifier
 from signoff.report import build_report
+from signoff.scheduler import Scheduler, background_checks
 from signoff.settings import Settings
-from signoff.watchdog import Watchman
 from tests.conftest import FakeClock
 from tests.integration.notify_support import FakeBotApi, Recorder, serving
 from tests.integration.store_support import (
@@ -182,15 +182,21 @@ async def test_a_spring_forward_day_is_23_hours_long(
 
 @dataclass
 class Replicas:
-    """Two serve processes on one database: a Watchman and a Database each."""
+    """Two serve processes on one database: a Database and the scheduled checks each."""
 
     dbs: list[Database]
-    watchmen: list[Watchman]
+    schedulers: list[Scheduler]
     settings: Settings
 
     async def check(self) -> None:
-        for watchman in self.watchmen:
-            await watchman.check()
+        for scheduler in self.schedulers:
+            await scheduler.run_once()
+
+    def heartbeat(self, replica: int) -> Heartbeat:
+        [job] = [j for j in self.schedulers[replica].jobs if j.name == "heartbeat"]
+        beat = job.run
+        assert isinstance(beat.__self__, Heartbeat)  # type: ignore[attr-defined]
+        return beat.__self__  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -203,7 +209,7 @@ async def replicas_of(
         config = Settings(database_url=db_url, **settings)
         dbs = [Database.from_settings(config, clock=clock) for _ in range(2)]
         made.extend(dbs)
-        return Replicas(dbs, [Watchman(d, config, Metrics()) for d in dbs], config)
+        return Replicas(dbs, [background_checks(d, config, Metrics()) for d in dbs], config)
 
     yield make
     for db in made:
@@ -229,7 +235,7 @@ async def test_the_heartbeat_is_written_once_at_the_local_time_about_the_day_bef
     assert await report_items(db) == []
 
     clock.now = due  # both replicas at once: one item per channel all the same
-    await asyncio.gather(*(w.check() for w in replicas.watchmen))
+    await asyncio.gather(*(s.run_once() for s in replicas.schedulers))
     clock.advance(3600)
     await replicas.check()
     await replicas.check()
@@ -301,5 +307,5 @@ async def test_off_writes_nothing_and_no_channel_writes_nothing(
         await off.check()
         await silent.check()
     assert await report_items(off.dbs[0]) == []
-    heartbeat = silent.watchmen[0].heartbeat
+    heartbeat = silent.heartbeat(0)
     assert isinstance(heartbeat, Heartbeat) and heartbeat.done == date(2026, 1, 2)

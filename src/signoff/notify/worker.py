@@ -20,14 +20,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from signoff.db import Database
+from signoff.db import Database, is_unavailable
 from signoff.listener import Backoff
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.notify import outbox
 from signoff.notify.delivery import AfterDelivery, DeliveryFailed, Sender, retry_delay
 from signoff.notify.reminders import issue_reminders, next_reminder_at
-from signoff.resolver import is_unavailable
 from signoff.settings import Settings
 
 Row = Mapping[Any, Any]
