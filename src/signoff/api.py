@@ -1,7 +1,10 @@
 """HTTP routes under ``/api/v1``: parse, call one operation of the service, answer.
 
-Authentication is a dependency (``signoff.http.require``); domain errors become HTTP
-answers in ``signoff.http``. Nothing here opens a transaction.
+Refusals come in the contract's order: who (401/403), what (404), state (409), content
+(422). A route that takes a body or only a path authorizes first thing and reads its body
+itself (``read_body``), so the service can check the state before the content; a route
+with a query lets FastAPI validate it, after the ``require`` dependency has authorized.
+Domain errors become HTTP answers in ``signoff.http``. Nothing here opens a transaction.
 """
 
 from __future__ import annotations
@@ -9,11 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
 from signoff import errors
-from signoff.http import parse_filter_id, read_body, require
+from signoff.http import authorize, body_or_raise, parse_filter_id, read_body, require
 from signoff.lifecycle import IncidentStatus, Principal, RequestStatus, Role
 from signoff.schemas import (
     DecisionIn,
@@ -29,8 +32,7 @@ from signoff.service import Service
 router = APIRouter(prefix="/api/v1")
 
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
-Requester = Annotated[Principal, Depends(require(Role.REQUESTER))]
-Approver = Annotated[Principal, Depends(require(Role.APPROVER))]
+MAX_IDEMPOTENCY_KEY = 200
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size, 1 to 500.")]
 Cursor = Annotated[str | None, Query(description="Opaque cursor from next_cursor.")]
 
@@ -51,11 +53,12 @@ def _body_doc(model: type[BaseModel], *, required: bool) -> dict[str, Any]:
 # -- incidents ------------------------------------------------------------------------
 
 
-@router.post("/incidents", status_code=201, tags=["incidents"])
-async def create_incident(
-    body: IncidentIn, request: Request, response: Response, who: Requester
-) -> dict[str, Any]:
+@router.post("/incidents", status_code=201, tags=["incidents"],
+             openapi_extra=_body_doc(IncidentIn, required=True))
+async def create_incident(request: Request, response: Response) -> dict[str, Any]:
     """Open an incident; an open incident with the same fingerprint is returned (200)."""
+    who = await authorize(request, Role.REQUESTER)
+    body = body_or_raise(await read_body(request, IncidentIn))
     out, created = await _service(request).create_incident(who, body)
     if not created:
         response.status_code = 200
@@ -73,14 +76,16 @@ async def list_incidents(
 
 
 @router.get("/incidents/{incident_id}", tags=["incidents"])
-async def get_incident(incident_id: str, request: Request, who: Viewer) -> dict[str, Any]:
+async def get_incident(incident_id: str, request: Request) -> dict[str, Any]:
+    who = await authorize(request, Role.VIEWER)
     return await _service(request).get_incident(who, incident_id)
 
 
 @router.post("/incidents/{incident_id}/resolve", tags=["incidents"],
              openapi_extra=_body_doc(ResolveIn, required=False))
-async def resolve_incident(incident_id: str, request: Request, who: Approver) -> dict[str, Any]:
+async def resolve_incident(incident_id: str, request: Request) -> dict[str, Any]:
     """Resolve by hand (resolution type ``manual``); its pending requests are cancelled."""
+    who = await authorize(request, Role.APPROVER)
     service = _service(request)
     body = await read_body(request, ResolveIn)
     return await service.resolve_incident(who, incident_id, body)
@@ -96,15 +101,18 @@ async def incident_events(
 # -- approval requests ------------------------------------------------------------------
 
 
-@router.post("/approvals", status_code=201, tags=["approvals"])
-async def create_request(
-    body: RequestIn,
-    request: Request,
-    response: Response,
-    who: Requester,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> dict[str, Any]:
+@router.post("/approvals", status_code=201, tags=["approvals"],
+             openapi_extra={**_body_doc(RequestIn, required=True), "parameters": [{
+                 "name": "Idempotency-Key", "in": "header", "required": False,
+                 "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY}}]})
+async def create_request(request: Request, response: Response) -> dict[str, Any]:
     """Ask for sign-off. The same ``Idempotency-Key`` and body return the same request."""
+    who = await authorize(request, Role.REQUESTER)
+    body = body_or_raise(await read_body(request, RequestIn))
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        raise errors.InvalidInput(
+            f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY} characters")
     out, created = await _service(request).create_request(
         who, body, idempotency_key=idempotency_key
     )
@@ -125,7 +133,8 @@ async def list_requests(
 
 
 @router.get("/approvals/{request_id}", tags=["approvals"])
-async def get_request(request_id: str, request: Request, who: Viewer) -> dict[str, Any]:
+async def get_request(request_id: str, request: Request) -> dict[str, Any]:
+    who = await authorize(request, Role.VIEWER)
     return await _service(request).get_request(who, request_id)
 
 
@@ -138,30 +147,34 @@ async def request_events(
 
 @router.post("/approvals/{request_id}/approve", tags=["approvals"],
              openapi_extra=_body_doc(DecisionIn, required=False))
-async def approve(request_id: str, request: Request, who: Approver) -> dict[str, Any]:
+async def approve(request_id: str, request: Request) -> dict[str, Any]:
     """Approve; with ``required_approvals`` > 1 the request waits for more approvers."""
+    who = await authorize(request, Role.APPROVER)
     service = _service(request)
     return await service.approve(who, request_id, await read_body(request, DecisionIn))
 
 
 @router.post("/approvals/{request_id}/reject", tags=["approvals"],
              openapi_extra=_body_doc(DecisionIn, required=False))
-async def reject(request_id: str, request: Request, who: Approver) -> dict[str, Any]:
+async def reject(request_id: str, request: Request) -> dict[str, Any]:
     """Reject; one reject ends the request, whatever approvals it already had."""
+    who = await authorize(request, Role.APPROVER)
     service = _service(request)
     return await service.reject(who, request_id, await read_body(request, DecisionIn))
 
 
 @router.post("/approvals/{request_id}/cancel", tags=["approvals"])
-async def cancel(request_id: str, request: Request, who: Requester) -> dict[str, Any]:
+async def cancel(request_id: str, request: Request) -> dict[str, Any]:
     """Withdraw a pending request; only its requester may."""
+    who = await authorize(request, Role.REQUESTER)
     return await _service(request).cancel(who, request_id)
 
 
 @router.post("/approvals/{request_id}/outcome", tags=["approvals"],
              openapi_extra=_body_doc(OutcomeIn, required=True))
-async def report_outcome(request_id: str, request: Request, who: Requester) -> dict[str, Any]:
+async def report_outcome(request_id: str, request: Request) -> dict[str, Any]:
     """Report how the approved action went; success resolves the incident (``action``)."""
+    who = await authorize(request, Role.REQUESTER)
     service = _service(request)
     return await service.report_outcome(who, request_id, await read_body(request, OutcomeIn))
 
@@ -203,7 +216,8 @@ async def stats(
 
 
 @router.get("/watchdog", tags=["operations"])
-async def watchdog(request: Request, _: Viewer) -> dict[str, Any]:
+async def watchdog(request: Request) -> dict[str, Any]:
     """The watchdogs' findings now, computed from the database: ``{"checks": [...]}``."""
+    await authorize(request, Role.VIEWER)
     checks = await _service(request).watchdog()
     return {"checks": [c.as_json() for c in checks]}

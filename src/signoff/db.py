@@ -2,19 +2,21 @@
 
 SQLite runs in WAL mode with a busy timeout, and every writing transaction starts with
 ``BEGIN IMMEDIATE`` so that two writers queue instead of failing half-way. On PostgreSQL
-the database's clock is the clock: ``now`` is read once per transaction from ``now()``
-and passed to every statement of it, so a guard and the time it records are one instant.
+the database's clock is the clock (``signoff.clock``): ``now`` is taken once per
+transaction and passed to every statement of it, so a guard and the time it records are
+one instant.
 
-That read is also how a PostgreSQL connection is checked: it is the first statement of
-every transaction, so a pooled connection that died (a restarted server, a terminated
-backend) fails there, before any work, and the transaction starts again on a new one.
-A ping before each checkout would cost three more round trips (it runs in a transaction
-of its own).
+A pooled connection is not pinged before use (a ping costs three round trips: it runs in
+a transaction of its own). A connection that died (a restarted server, a terminated
+backend) fails at the transaction's first statement; a transaction whose connection was
+lost before its commit was sent did nothing (the server rolls it back), so ``run`` starts
+it again, once, on a new connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from signoff.clock import DatabaseClock
 from signoff.notify.outbox import OPTION as OUTBOX_OPTION
 from signoff.notify.outbox import Routing
 from signoff.settings import Settings
@@ -35,9 +38,7 @@ Clock = Callable[[], datetime]
 
 # SQLSTATEs worth one more try: the transaction did nothing and can simply run again.
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}
-# Where a transaction keeps the instant read by its first statement.
-_NOW_KEY = "signoff_now"
-_NOW = sa.text("SELECT now()")
+_CLOCK = sa.text("SELECT clock_timestamp()")
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -135,6 +136,7 @@ class Database:
         self.is_postgres = engine.dialect.name == "postgresql"
         # A fixed clock is for tests: it replaces the database clock on every backend.
         self.clock = clock
+        self.database_clock = DatabaseClock()
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Database:
@@ -144,44 +146,30 @@ class Database:
         return cls(create_engine(settings), clock, routing)
 
     async def now(self, conn: AsyncConnection) -> datetime:
-        """The transaction's instant: the database clock on PostgreSQL, UTC elsewhere."""
+        """The transaction's instant: the database clock on PostgreSQL, UTC elsewhere.
+
+        Call it first in a transaction: on PostgreSQL it may read the database's clock."""
         if self.clock is not None:
             instant = self.clock()
             if instant.utcoffset() is None:
                 raise ValueError(f"naive datetime refused: the clock gave {instant!r}")
             return instant
-        if self.is_postgres:
-            read = conn.info.get(_NOW_KEY)  # by ``begin``, as this transaction's first statement
-            return read if isinstance(read, datetime) else await _read_now(conn)
-        return datetime.now(UTC)
+        if not self.is_postgres:
+            return datetime.now(UTC)
+        keeper = self.database_clock
+        if keeper.due():
+            sent = time.monotonic()
+            value = (await conn.execute(_CLOCK)).scalar_one()
+            assert isinstance(value, datetime)
+            keeper.take(sent, value, time.monotonic())
+        return keeper.read()
 
     @asynccontextmanager
     async def begin(self, *, readonly: bool = False) -> AsyncIterator[AsyncConnection]:
-        """One transaction: commits when the block ends, rolls back on any error.
-
-        On PostgreSQL it starts by reading the clock; a connection found dead by that
-        read is dropped and the transaction starts again, once, on a new one.
-        """
+        """One transaction: commits when the block ends, rolls back on any error."""
         engine = self.readonly_engine if readonly else self.engine
-        if not self.is_postgres:
-            async with engine.begin() as conn:
-                yield conn
-            return
-        for attempt in (1, 2):
-            working = False
-            try:
-                async with engine.begin() as conn:
-                    info = conn.info  # held: it raises once the connection is lost
-                    info[_NOW_KEY] = await _read_now(conn)
-                    working = True
-                    try:
-                        yield conn
-                    finally:
-                        info.pop(_NOW_KEY, None)
-                return
-            except (DBAPIError, OSError) as exc:
-                if working or attempt == 2 or not _lost_connection(exc):
-                    raise
+        async with engine.begin() as conn:
+            yield conn
 
     async def run(
         self,
@@ -190,11 +178,22 @@ class Database:
         readonly: bool = False,
         attempts: int = 4,
     ) -> T:
-        """Run ``work(conn, now)`` in one transaction, again if it was a deadlock victim."""
+        """Run ``work(conn, now)`` in one transaction, again if it was a deadlock victim,
+        and once more if its connection was lost before the commit was sent."""
+        lost_before = False
         for attempt in range(1, attempts + 1):
             try:
                 async with self.begin(readonly=readonly) as conn:
-                    return await work(conn, await self.now(conn))
+                    try:
+                        return await work(conn, await self.now(conn))
+                    except (DBAPIError, OSError) as exc:
+                        if _lost_connection(exc) and not lost_before:
+                            raise _LostBeforeCommit(exc) from exc
+                        raise
+            except _LostBeforeCommit as lost:
+                lost_before = True
+                if attempt == attempts:
+                    raise lost.error from None
             except DBAPIError as exc:
                 if attempt == attempts or not is_retryable(exc):
                     raise
@@ -205,14 +204,16 @@ class Database:
         await self.engine.dispose()
 
 
+class _LostBeforeCommit(Exception):
+    """The connection was lost while the work ran: nothing was committed."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _lost_connection(exc: BaseException) -> bool:
-    """The connection was dead before the transaction did anything (safe to start again)."""
+    """The connection is gone (the server rolls back whatever it had not committed)."""
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated
     return isinstance(exc, ConnectionError)
-
-
-async def _read_now(conn: AsyncConnection) -> datetime:
-    value = (await conn.execute(_NOW)).scalar_one()
-    assert isinstance(value, datetime)
-    return value.astimezone(UTC)

@@ -193,12 +193,6 @@ async def _refusal(
     return errors.Conflict("the request changed; try again", status=status)
 
 
-def _pending_guard(request_id: uuid.UUID, now: datetime) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        requests.c.id == request_id, requests.c.status == PENDING, requests.c.expires_at > now
-    )
-
-
 @functools.cache
 def _approval_statements(dialect: str) -> tuple[Any, Any, Any]:
     """An approval's vote, its count and (on PostgreSQL) both as one statement, built once:
@@ -280,23 +274,41 @@ async def approve_request(
     return row
 
 
+@functools.cache
+def _end_statement(who: str) -> Any:
+    """A reject's or a cancel's guarded update, built once (see ``_approval_statements``).
+
+    ``who`` may end it: ``"others"`` (not its requester), ``"requester"``, or ``"anyone"``.
+    Parameters: request_id, now, actor, to_status, to_disposition, comment."""
+    now = sa.bindparam("now", type_=requests.c.expires_at.type)
+    actor = sa.bindparam("actor", type_=sa.Text())
+    guard = sa.and_(
+        requests.c.id == sa.bindparam("request_id", type_=sa.Uuid()),
+        requests.c.status == PENDING, requests.c.expires_at > now,
+    )
+    if who == "others":
+        guard = sa.and_(guard, requests.c.requested_by != actor)
+    elif who == "requester":
+        guard = sa.and_(guard, requests.c.requested_by == actor)
+    return requests.update().where(guard).values(
+        status=sa.bindparam("to_status", type_=sa.Text()),
+        disposition=sa.bindparam("to_disposition", type_=sa.Text()),
+        decided_by=actor, decided_at=now,
+        decision_comment=sa.bindparam("comment", type_=sa.Text()),
+    ).returning(*requests.c)
+
+
 async def _end_request(
     conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
     status: RequestStatus, kind: EventKind, comment: str | None, own: bool,
     admin: bool = False,
 ) -> Row:
-    guard = _pending_guard(request_id, now)
-    if own and not admin:
-        guard = sa.and_(guard, requests.c.requested_by == actor)
-    elif not own:
-        guard = sa.and_(guard, requests.c.requested_by != actor)
+    who = "others" if not own else "anyone" if admin else "requester"
     row = (
-        await conn.execute(
-            requests.update().where(guard).values(
-                status=status.value, disposition=_disposition(status), decided_by=actor,
-                decided_at=now, decision_comment=comment,
-            ).returning(*requests.c)
-        )
+        await conn.execute(_end_statement(who), {
+            "request_id": request_id, "now": now, "actor": actor, "to_status": status.value,
+            "to_disposition": _disposition(status), "comment": comment,
+        })
     ).mappings().first()
     if row is None:
         raise await _refusal(conn, now, request_id, actor, own=None if admin else own)
@@ -356,23 +368,33 @@ async def explain_outcome_refusal(
     return None
 
 
+@functools.cache
+def _outcome_statement(admin: bool) -> Any:
+    """An outcome's guarded update, built once. Parameters: request_id, now, actor,
+    succeeded, detail (``actor`` unused by an admin's)."""
+    guard = sa.and_(
+        requests.c.id == sa.bindparam("request_id", type_=sa.Uuid()),
+        requests.c.status == RequestStatus.APPROVED.value, requests.c.outcome_at.is_(None),
+    )
+    if not admin:
+        guard = sa.and_(guard, requests.c.requested_by == sa.bindparam("actor", type_=sa.Text()))
+    return requests.update().where(guard).values(
+        outcome_succeeded=sa.bindparam("succeeded", type_=sa.Boolean()),
+        outcome_detail=sa.bindparam("detail", type_=sa.Text()),
+        outcome_at=sa.bindparam("now", type_=requests.c.outcome_at.type),
+    ).returning(*requests.c)
+
+
 async def report_outcome(
     conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, actor: str,
     succeeded: bool, detail: str | None = None, admin: bool = False,
 ) -> Row:
     """Record what happened when an approved action ran; success resolves its incident."""
-    guard = sa.and_(
-        requests.c.id == request_id, requests.c.status == "approved",
-        requests.c.outcome_at.is_(None),
-    )
-    if not admin:
-        guard = sa.and_(guard, requests.c.requested_by == actor)
     row = (
-        await conn.execute(
-            requests.update().where(guard)
-            .values(outcome_succeeded=succeeded, outcome_detail=detail, outcome_at=now)
-            .returning(*requests.c)
-        )
+        await conn.execute(_outcome_statement(admin), {
+            "request_id": request_id, "now": now, "actor": actor, "succeeded": succeeded,
+            "detail": detail,
+        })
     ).mappings().first()
     if row is None:
         refusal = await explain_outcome_refusal(conn, now, request_id, actor, admin=admin)

@@ -20,6 +20,7 @@ Row = Mapping[Any, Any]
 # A caller that wants to know what its transaction did (metrics) puts a list here.
 EVENTS_KEY = "signoff.events"
 PENDING = RequestStatus.PENDING.value
+_EVENT_INSERT = events.insert()
 
 
 async def record_events(
@@ -34,7 +35,8 @@ async def record_events(
          "detail": None, **r}
         for r in rows
     ]
-    await conn.execute(events.insert(), full)
+    # One row (every transition) is one execute; only more is an executemany.
+    await conn.execute(_EVENT_INSERT, full[0] if len(full) == 1 else full)
     await enqueue_for_events(conn, full, current=current)
     # A caller that wants to know what its transaction did (metrics) collects them here.
     collected = conn.info.get(EVENTS_KEY)
