@@ -78,6 +78,7 @@ from api import (
     scratch_database,
     wait_ready,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from signoff.settings import Settings
 
@@ -110,6 +111,7 @@ FLAT_MB_PER_MINUTE = 0.05
 VERDICT_MINUTES = 10  # after the warm-up: less, and the verdict is "too short"
 MEMPROBE = Path(__file__).with_name("memprobe.py")
 OVERDUE = "SELECT count(*) FROM approval_requests WHERE status = 'pending' AND expires_at <= now()"
+WAKE_LAG = "signoff_resolver_wake_lag_seconds"
 LATE_AFTER = """
 SELECT max(decided_at) FROM approval_requests
 WHERE status = 'expired' AND decided_by = 'timeout' AND decided_at > $1
@@ -312,6 +314,53 @@ class Sampler:
         self.samples.append(sample)
         show(sample)
         return now_db, now
+
+
+# -- the resolver's wake lag, from the replicas' /metrics ---------------------------------------
+
+Buckets = dict[str, dict[float, float]]  # stage -> upper bound -> cumulative count
+
+
+async def wake_buckets(serves: list[Serve]) -> Buckets:
+    """``signoff_resolver_wake_lag_seconds``' buckets, summed over the replicas."""
+    out: Buckets = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for serve in serves:
+            try:
+                text = (await client.get(serve.url + "/metrics")).text
+            except httpx.HTTPError:
+                continue
+            for family in text_string_to_metric_families(text):
+                if family.name != WAKE_LAG:
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_bucket"):
+                        stage = out.setdefault(sample.labels["stage"], {})
+                        bound = float(sample.labels["le"])
+                        stage[bound] = stage.get(bound, 0.0) + sample.value
+    return out
+
+
+def wake_lag_between(before: Buckets, after: Buckets) -> dict[str, Any]:
+    """Per stage: passes, the bucket bound under which half and 99% of them fell, and how
+    many took over 10 and 50 ms (a histogram: the quantiles are bucket bounds)."""
+    out: dict[str, Any] = {}
+    for stage, buckets in after.items():
+        counts = {b: n - before.get(stage, {}).get(b, 0.0) for b, n in sorted(buckets.items())}
+        total = counts.get(float("inf"), 0.0)
+        if not total:
+            continue
+
+        def bound(q: float, counts: dict[float, float] = counts, total: float = total) -> float:
+            return next(b for b, n in counts.items() if n >= q * total)
+
+        def over(ms: float, counts: dict[float, float] = counts, total: float = total) -> int:
+            return int(total - counts.get(ms / 1000, total))
+
+        out[stage] = {"n": int(total), "p50_le_ms": bound(0.5) * 1000,
+                      "p99_le_ms": bound(0.99) * 1000, "over_10_ms": over(10),
+                      "over_50_ms": over(50)}
+    return out
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -537,7 +586,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 "SELECT reloptions FROM pg_class WHERE relname = 'approval_requests'")
             print(f"approval_requests storage options: {options or 'server defaults'}",
                   flush=True)
-            with tempfile.TemporaryDirectory(prefix="signoff-soak-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="signoff-soak-") as scratch:
+                tmp = args.logs or scratch
                 serves = []
                 try:
                     probes = ([Path(tmp) / f"serve{n}.jsonl" for n in range(args.replicas)]
@@ -576,11 +626,13 @@ async def phases(
         marks[name] = (await holder.fetchval("SELECT clock_timestamp()"), time.monotonic())
 
     await mark("start")
+    lags_before = await wake_buckets(serves)
     loader = asyncio.create_task(load.run())
     sampling = asyncio.create_task(sampler.run(stop_sampling))
     probing = asyncio.create_task(prober.run(stop_sampling)) if prober else None
     await asyncio.sleep(args.minutes * 60)
     await mark("tx_start")
+    wake_lag = wake_lag_between(lags_before, await wake_buckets(serves))
     sampler.phase = "long-tx"
     await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
     await holder.fetchval("SELECT count(*) FROM approval_requests")  # takes the snapshot
@@ -631,6 +683,7 @@ async def phases(
             "end": sampler.samples[-1].dead if sampler.samples else None,
             "autovacuums": sampler.samples[-1].autovacuums if sampler.samples else None,
         },
+        "resolver_wake_lag_steady": wake_lag,
         "recovery_threshold_ms": round(threshold * 1000, 1),
         "recovery_seconds": round(recovered, 1),
         "failures": load.calls.failures,
@@ -642,6 +695,10 @@ async def phases(
           f"{steady['max_ms']}, long transaction {figures['lateness']['long_tx']['p99_ms']} "
           f"p99, after it {figures['lateness']['recovery']['p99_ms']} p99; back under "
           f"{threshold * 1000:.0f} ms {recovered:.1f} s after the transaction ended")
+    for stage, lag in wake_lag.items():
+        print(f"resolver wake lag, steady, {stage}: {lag['n']:,} planned passes, p50 <= "
+              f"{lag['p50_le_ms']:g} ms, p99 <= {lag['p99_le_ms']:g} ms, "
+              f"{lag['over_10_ms']} over 10 ms, {lag['over_50_ms']} over 50 ms")
     print(f"API p99 {figures['api']['all']['p99_ms']} ms over "
           f"{figures['api']['all']['calls']:,} calls; failures {load.calls.failures}; "
           f"{load.calls.skipped:,} lives not started (over --max-in-flight)")
@@ -685,11 +742,16 @@ def main() -> None:
                         help="seconds between probe readings (after the warm-up)")
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                         help="trace the first replica's allocations (implies --probe)")
+    parser.add_argument("--logs", metavar="DIR",
+                        help="keep each replica's log (serveN.log) in DIR; with "
+                             "--replica-env N:SIGNOFF_LOG_LEVEL=info it has every resolver pass")
     parser.add_argument("--replica-env", action="append", default=[],
                         metavar="INDEX:NAME=VALUE", help="an environment variable for one "
                                                          "replica, e.g. 0:MALLOC_ARENA_MAX=2")
     args = parser.parse_args()
     args.probe = args.probe or args.tracemalloc > 0
+    if args.logs:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
     if not Settings(database_url=args.database_url).is_postgres:
         raise SystemExit("bench/soak.py runs replicas on PostgreSQL: give a postgresql:// URL")
     random.seed(args.seed)

@@ -42,6 +42,15 @@ class Metrics:
         self.resolver_passes = Counter(
             "signoff_resolver_passes_total", "Resolver passes.", registry=r
         )
+        self.resolver_wake_lag = Histogram(
+            "signoff_resolver_wake_lag_seconds",
+            "How late the resolver started a pass it had planned for a deadline: the timer "
+            "firing after its instant (stage=timer), then the time until the pass's first "
+            "transaction read its clock (stage=start).",
+            ["stage"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.resolver_errors = Counter(
             "signoff_resolver_errors_total", "Resolver failures (a batch or a single row).",
             registry=r,

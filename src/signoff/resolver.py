@@ -153,6 +153,11 @@ class Resolver:
         self._early: datetime | None = None
         self._anchor: tuple[float, datetime] | None = None
         self._held: _HeldConnection | None = None
+        # A planned pass: when it woke (event loop time), until its first transaction reads
+        # its clock, and how late its timer fired and that transaction started (seconds).
+        self._woke_at: float | None = None
+        self._timer_lag: float | None = None
+        self._start_lag: float | None = None
         self._last_now: datetime | None = None
         self._gauges_at = float("-inf")
 
@@ -214,6 +219,7 @@ class Resolver:
                 lateness_max_seconds=round(result.lateness_max, 6),
                 lateness_mean_seconds=round(result.lateness_mean, 6),
                 duration_seconds=round(result.duration, 6),
+                **self._lag_fields(),
             )
         return result
 
@@ -223,6 +229,8 @@ class Resolver:
         limit = self.batch_size if only is None else len(only)
 
         async def work(conn: AsyncConnection, now: datetime) -> tuple[store.ExpiryBatch, datetime]:
+            if self._woke_at is not None:
+                self._started(now)
             batch = await store.expire_due_requests(
                 conn, now, limit=limit, only=only, exclude=exclude or ()
             )
@@ -317,6 +325,22 @@ class Resolver:
                 resolution_type=ResolutionType.TIMEOUT.value).inc(batch.incidents_resolved)
         return batch.count
 
+    def _started(self, now: datetime) -> None:
+        """The planned pass's first transaction has read its clock: the wake is over."""
+        assert self._woke_at is not None
+        lag = max(0.0, asyncio.get_running_loop().time() - self._woke_at)
+        self._woke_at = None
+        self._start_lag = lag
+        self.metrics.resolver_wake_lag.labels(stage="start").observe(lag)
+
+    def _lag_fields(self) -> dict[str, float]:
+        fields = {}
+        if self._timer_lag is not None:
+            fields["timer_lag_seconds"] = round(self._timer_lag, 6)
+        if self._start_lag is not None:
+            fields["start_lag_seconds"] = round(self._start_lag, 6)
+        return fields
+
     async def _refresh_gauges(self, *, force: bool = False) -> None:
         if not force and time.monotonic() - self._gauges_at < _GAUGE_INTERVAL:
             return
@@ -404,7 +428,15 @@ class Resolver:
                     target = min(target, self._loop_time(self._early))
                 self._early = None
                 self._target = target
-                await self._sleep()
+                self._woke_at = self._timer_lag = self._start_lag = None
+                if await self._sleep():
+                    # The plan's instant came: how late did this loop get to it?
+                    woke = loop.time()
+                    assert self._target is not None
+                    self._timer_lag = max(0.0, woke - self._target)
+                    self.metrics.resolver_wake_lag.labels(stage="timer").observe(
+                        self._timer_lag)
+                    self._woke_at = woke
         finally:
             for task in tasks:
                 task.cancel()
@@ -416,8 +448,8 @@ class Resolver:
             self._target = self._anchor = None
             self._log.info("resolver_stopped")
 
-    async def _sleep(self) -> None:
-        """Until the target, which ``wake()`` may move earlier, or until forced."""
+    async def _sleep(self) -> bool:
+        """Until the target, which ``wake()`` may move earlier (true), or until forced."""
         while not self._force:
             assert self._target is not None
             self._wake.clear()
@@ -425,7 +457,8 @@ class Resolver:
                 async with asyncio.timeout_at(self._target):
                     await self._wake.wait()
             except TimeoutError:
-                return
+                return True
+        return False
 
     async def _plan(self) -> float:
         """When (event loop time) the next pass should run: the earliest deadline, the
@@ -445,6 +478,8 @@ class Resolver:
             # It was due when the last batch looked, yet not taken: another replica
             # holds it. If it came due since, the next pass takes it at once.
             delay = _CONTENDED_DELAY
+            self._log.debug("resolver_contended", deadline=deadline.isoformat(),
+                            delay_seconds=delay)
         return started + max(delay, 0.0)
 
     async def _transact(self, work: Work[T], *, readonly: bool = False) -> T:
