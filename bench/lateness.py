@@ -7,8 +7,10 @@ Creates requests over HTTP whose deadlines are spread over a window (``ttl_secon
 then a burst that all fall due at one instant (``expires_at``), waits for them to expire,
 and reads lateness (``decided_at - expires_at`` of each expired request) from the
 database. ``--spawn`` starts ``signoff serve`` itself on a temporary SQLite file (or the
-given ``--database-url``) and makes its own requester token. The last line printed is
-one JSON object.
+given ``--database-url``, where it works in a scratch database beside the one named,
+dropped at the end) and makes its own requester token; ``--logs DIR`` keeps the server's
+log, whose ``resolver_pass`` lines say how each pass went. The last line printed is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -72,7 +75,31 @@ def signoff_command(*args: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def spawned(database_url: str | None, workdir: Path) -> Iterator[Server]:
+def scratch_database(database_url: str | None) -> Iterator[str | None]:
+    """On PostgreSQL, a new database beside the one named, dropped when the block ends, so
+    that every run starts from an empty table."""
+    if database_url is None or not database_url.startswith("postg"):
+        yield database_url
+        return
+    plain = sa.make_url("postgresql://" + database_url.split("://", 1)[1])
+    name = f"signoff_lateness_{uuid.uuid4().hex[:10]}"
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(plain.render_as_string(hide_password=False))
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield plain.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def spawned(database_url: str | None, workdir: Path, logs: Path) -> Iterator[Server]:
     """``signoff serve`` as a subprocess, with a requester token of its own."""
     url = database_url or f"sqlite:///{workdir / 'lateness.db'}"
     port = free_port()
@@ -83,7 +110,7 @@ def spawned(database_url: str | None, workdir: Path) -> Iterator[Server]:
         env=env, capture_output=True, check=True,
     )
     token = made.stdout.decode().strip().splitlines()[-1]
-    log = workdir / "serve.log"
+    log = logs / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(signoff_command("serve"), env=env, stdout=out, stderr=out)
     server = Server(f"http://127.0.0.1:{port}", token, url, log, process)
@@ -309,9 +336,9 @@ async def bench(args: argparse.Namespace, server: Server) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.spawn:
-        with tempfile.TemporaryDirectory(prefix="signoff-lateness-") as tmp, spawned(
-            args.database_url, Path(tmp)
-        ) as server:
+        with tempfile.TemporaryDirectory(prefix="signoff-lateness-") as tmp, \
+                scratch_database(args.database_url) as url, \
+                spawned(url, Path(tmp), Path(args.logs or tmp)) as server:
             return asyncio.run(bench(args, server))
     if not (args.url and args.token and args.database_url):
         raise SystemExit("give --spawn, or --url, --token and --database-url")
@@ -341,8 +368,12 @@ def main() -> None:
                              "expiry also resolves an incident and writes a knowledge entry")
     parser.add_argument("--settle", type=float, default=60,
                         help="seconds after the last deadline to wait for expiry")
+    parser.add_argument("--logs", metavar="DIR",
+                        help="with --spawn: keep the server's log as DIR/serve.log")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    if args.logs:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
     random.seed(args.seed)
     figures = run(args)
     print(json.dumps(figures))
