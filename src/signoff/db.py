@@ -39,6 +39,12 @@ Clock = Callable[[], datetime]
 # SQLSTATEs worth one more try: the transaction did nothing and can simply run again.
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}
 _CLOCK = sa.text("SELECT clock_timestamp()")
+# Where a transaction of ``Database.run`` on PostgreSQL keeps its asyncpg connection, for
+# the statements that run on it directly (``signoff.store.prepared``).
+DRIVER_KEY = "signoff.asyncpg"
+# What asyncpg itself raises; a client error means the connection's state is unknown.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                 OSError)
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -133,6 +139,13 @@ class Database:
         self.engine = engine if routing is None else engine.execution_options(
             **{OUTBOX_OPTION: routing})
         self.readonly_engine = self.engine.execution_options(signoff_readonly=True)
+        # On PostgreSQL ``run`` opens its transactions on the asyncpg connection itself;
+        # SQLAlchemy, told the connection is in autocommit, then starts none of its own and
+        # its statements run in that transaction too.
+        self.driver_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Every pooled connection may have died at once (a restarted server).
+        pool_size = getattr(engine.pool, "size", None)
+        self._checkout_attempts = (pool_size() if callable(pool_size) else 0) + 2
         self.is_postgres = engine.dialect.name == "postgresql"
         # A fixed clock is for tests: it replaces the database clock on every backend.
         self.clock = clock
@@ -171,6 +184,62 @@ class Database:
         async with engine.begin() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def _transaction(self, *, readonly: bool) -> AsyncIterator[AsyncConnection]:
+        """``begin``; on PostgreSQL with the transaction on the asyncpg connection."""
+        if not self.is_postgres:
+            async with self.begin(readonly=readonly) as conn:
+                yield conn
+            return
+        conn, driver = await self._checkout()
+        try:
+            info = conn.info  # held: it raises once the connection is lost
+            transaction = driver.transaction()
+            try:
+                await transaction.start()
+            except DRIVER_ERRORS as exc:
+                error = await _lost(conn, driver_error(exc, "BEGIN", ()))
+                if error.connection_invalidated:  # nothing was done: run starts again
+                    raise _LostBeforeCommit(error) from exc
+                raise error from exc
+            info[DRIVER_KEY] = driver
+            try:
+                yield conn
+            except BaseException as exc:
+                info.pop(DRIVER_KEY, None)
+                try:
+                    await transaction.rollback()
+                except DRIVER_ERRORS:  # the connection is gone: so is the transaction
+                    await conn.invalidate()
+                else:
+                    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                        await conn.invalidate()
+                raise
+            info.pop(DRIVER_KEY, None)
+            try:
+                await transaction.commit()
+            except DRIVER_ERRORS as exc:
+                raise await _lost(conn, driver_error(exc, "COMMIT", ())) from exc
+        finally:
+            await conn.close()
+
+    async def _checkout(self) -> tuple[AsyncConnection, Any]:
+        """A pooled connection in autocommit and its asyncpg connection. One the server
+        has closed (asyncpg knows it without a round trip) is dropped for another."""
+        for _ in range(self._checkout_attempts):
+            conn = await self.driver_engine.connect()
+            try:
+                driver = (await conn.get_raw_connection()).driver_connection
+            except BaseException:
+                await conn.close()
+                raise
+            if driver is not None and not driver.is_closed():
+                return conn, driver
+            await conn.invalidate()
+            await conn.close()
+        raise OperationalError("checkout", (), ConnectionError("no live database connection"),
+                               connection_invalidated=True)
+
     async def run(
         self,
         work: Callable[[AsyncConnection, datetime], Awaitable[T]],
@@ -183,7 +252,7 @@ class Database:
         lost_before = False
         for attempt in range(1, attempts + 1):
             try:
-                async with self.begin(readonly=readonly) as conn:
+                async with self._transaction(readonly=readonly) as conn:
                     try:
                         return await work(conn, await self.now(conn))
                     except (DBAPIError, OSError) as exc:
@@ -202,6 +271,24 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def driver_error(exc: BaseException, statement: str, params: Any) -> DBAPIError:
+    """An error of asyncpg itself as SQLAlchemy would have raised it: a ``DBAPIError``
+    whose ``orig`` is asyncpg's (its SQLSTATE intact), flagged when the connection is
+    gone, so that callers handle both paths alike."""
+    lost = isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError) or (
+        isinstance(exc, asyncpg.PostgresError) and str(getattr(exc, "sqlstate", "")).startswith(
+            _UNAVAILABLE_SQLSTATES))
+    error_type = OperationalError if lost else DBAPIError
+    return error_type(statement, params, exc, connection_invalidated=lost)
+
+
+async def _lost(conn: AsyncConnection, error: DBAPIError) -> DBAPIError:
+    """``error``, once a connection it says is gone has been taken out of the pool."""
+    if error.connection_invalidated:
+        await conn.invalidate()
+    return error
 
 
 class _LostBeforeCommit(Exception):

@@ -26,6 +26,7 @@ from signoff.lifecycle import (
     ResolutionType,
 )
 from signoff.store.incidents import close_incidents
+from signoff.store.prepared import Prepared
 from signoff.store.rows import PENDING, Row, record_events
 from signoff.tables import approvals, incidents, requests
 
@@ -55,14 +56,10 @@ async def create_request(
             return previous, False
     incident_id = data.get("incident_id")
     if incident_id is not None:
-        status = (
-            await conn.execute(
-                sa.select(incidents.c.status).where(incidents.c.id == incident_id)
-                .with_for_update(key_share=True)
-            )
-        ).scalar_one_or_none()
-        if status is None:
+        locked = await _LOCK_INCIDENT.first(conn, {"incident_id": incident_id})
+        if locked is None:
             raise errors.IncidentNotFound()
+        status = locked["status"]
         if status != IncidentStatus.OPEN:
             raise errors.IncidentResolved(status=status)
     values = {
@@ -103,16 +100,13 @@ async def _insert_and_wake(
     """
     stmt = _request_insert(conn.dialect.name, idempotent, tuple(values))
     if conn.dialect.name != "postgresql":
-        return (await conn.execute(stmt, dict(values))).mappings().first()
-    params = {**values, "wake": values["expires_at"].isoformat()}
-    found = (await conn.execute(stmt, params)).mappings().first()
-    if found is None:
-        return None
-    return {c.name: found[c.name] for c in requests.c}
+        return await stmt.first(conn, values)
+    found = await stmt.first(conn, {**values, "wake": values["expires_at"].isoformat()})
+    return None if found is None else {c.name: found[c.name] for c in requests.c}
 
 
 @functools.cache
-def _request_insert(dialect: str, idempotent: bool, names: tuple[str, ...]) -> Any:
+def _request_insert(dialect: str, idempotent: bool, names: tuple[str, ...]) -> Prepared:
     """The statement ``_insert_and_wake`` runs, built once (see ``_approval_statements``);
     a parameter per column in ``names``, and ``wake``."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -125,21 +119,28 @@ def _request_insert(dialect: str, idempotent: bool, names: tuple[str, ...]) -> A
         )
     returning = stmt.returning(*requests.c)
     if dialect != "postgresql":
-        return returning
+        return Prepared(returning)
     ins = returning.cte("ins")
     wake = sa.bindparam("wake", type_=sa.Text())
-    return sa.select(*ins.c, sa.func.pg_notify(WAKE_CHANNEL, wake).label("woke"))
+    return Prepared(sa.select(*ins.c, sa.func.pg_notify(WAKE_CHANNEL, wake).label("woke")))
+
+
+_IDEMPOTENT = Prepared(sa.select(requests).where(
+    requests.c.requested_by == sa.bindparam("actor", type_=sa.Text()),
+    requests.c.idempotency_key == sa.bindparam("key", type_=sa.Text()),
+))
+# FOR KEY SHARE's stronger sibling: the incident cannot be resolved (an update of it)
+# until the new request is committed.
+_LOCK_INCIDENT = Prepared(
+    sa.select(incidents.c.status)
+    .where(incidents.c.id == sa.bindparam("incident_id", type_=sa.Uuid()))
+    .with_for_update(key_share=True)
+)
 
 
 async def find_idempotent_request(conn: AsyncConnection, actor: str, key: str) -> Row | None:
     """The request ``actor`` created earlier with this ``Idempotency-Key``, if any."""
-    return (
-        await conn.execute(
-            sa.select(requests).where(
-                requests.c.requested_by == actor, requests.c.idempotency_key == key
-            )
-        )
-    ).mappings().first()
+    return await _IDEMPOTENT.first(conn, {"actor": actor, "key": key})
 
 
 async def get_request(conn: AsyncConnection, request_id: uuid.UUID) -> Row:
@@ -194,7 +195,7 @@ async def _refusal(
 
 
 @functools.cache
-def _approval_statements(dialect: str) -> tuple[Any, Any, Any]:
+def _approval_statements(dialect: str) -> tuple[Prepared, Prepared, Prepared | None]:
     """An approval's vote, its count and (on PostgreSQL) both as one statement, built once:
     the same statement objects every time, so SQLAlchemy neither builds them nor computes
     their cache key again. Parameters: request_id, actor, now, comment."""
@@ -228,12 +229,12 @@ def _approval_statements(dialect: str) -> tuple[Any, Any, Any]:
                                       requests.c.decision_comment),
     ).returning(*requests.c)
     if dialect != "postgresql":
-        return vote, count.where(guard), None
+        return Prepared(vote), Prepared(count.where(guard)), None
     voted = vote.cte("vote")
     counted = count.where(guard, requests.c.id == voted.c.request_id).cte("counted")
     votes = sa.select(sa.func.count().label("voted")).select_from(voted).subquery("v")
     both = sa.select(votes.c.voted, *counted.c).select_from(votes.outerjoin(counted, sa.true()))
-    return vote, count.where(guard), both
+    return Prepared(vote), Prepared(count.where(guard)), Prepared(both)
 
 
 async def approve_request(
@@ -252,12 +253,13 @@ async def approve_request(
     params = {"request_id": request_id, "actor": actor, "now": now, "comment": comment}
     row: Row | None
     if both is not None:
-        found = (await conn.execute(both, params)).mappings().one()
+        found = await both.first(conn, params)
+        assert found is not None  # one row, whatever happened
         voted = bool(found["voted"])
         row = None if found["id"] is None else {c.name: found[c.name] for c in requests.c}
     else:
-        voted = (await conn.execute(vote, params)).first() is not None
-        row = (await conn.execute(count, params)).mappings().first() if voted else None
+        voted = await vote.first(conn, params) is not None
+        row = await count.first(conn, params) if voted else None
     if voted and row is None:  # the vote's lock makes this impossible
         raise RuntimeError(f"a vote on {request_id} was written but not counted")
     if row is None:
@@ -275,7 +277,7 @@ async def approve_request(
 
 
 @functools.cache
-def _end_statement(who: str) -> Any:
+def _end_statement(who: str) -> Prepared:
     """A reject's or a cancel's guarded update, built once (see ``_approval_statements``).
 
     ``who`` may end it: ``"others"`` (not its requester), ``"requester"``, or ``"anyone"``.
@@ -290,12 +292,12 @@ def _end_statement(who: str) -> Any:
         guard = sa.and_(guard, requests.c.requested_by != actor)
     elif who == "requester":
         guard = sa.and_(guard, requests.c.requested_by == actor)
-    return requests.update().where(guard).values(
+    return Prepared(requests.update().where(guard).values(
         status=sa.bindparam("to_status", type_=sa.Text()),
         disposition=sa.bindparam("to_disposition", type_=sa.Text()),
         decided_by=actor, decided_at=now,
         decision_comment=sa.bindparam("comment", type_=sa.Text()),
-    ).returning(*requests.c)
+    ).returning(*requests.c))
 
 
 async def _end_request(
@@ -304,12 +306,10 @@ async def _end_request(
     admin: bool = False,
 ) -> Row:
     who = "others" if not own else "anyone" if admin else "requester"
-    row = (
-        await conn.execute(_end_statement(who), {
-            "request_id": request_id, "now": now, "actor": actor, "to_status": status.value,
-            "to_disposition": _disposition(status), "comment": comment,
-        })
-    ).mappings().first()
+    row = await _end_statement(who).first(conn, {
+        "request_id": request_id, "now": now, "actor": actor, "to_status": status.value,
+        "to_disposition": _disposition(status), "comment": comment,
+    })
     if row is None:
         raise await _refusal(conn, now, request_id, actor, own=None if admin else own)
     await record_events(conn, [{
@@ -369,7 +369,7 @@ async def explain_outcome_refusal(
 
 
 @functools.cache
-def _outcome_statement(admin: bool) -> Any:
+def _outcome_statement(admin: bool) -> Prepared:
     """An outcome's guarded update, built once. Parameters: request_id, now, actor,
     succeeded, detail (``actor`` unused by an admin's)."""
     guard = sa.and_(
@@ -378,11 +378,11 @@ def _outcome_statement(admin: bool) -> Any:
     )
     if not admin:
         guard = sa.and_(guard, requests.c.requested_by == sa.bindparam("actor", type_=sa.Text()))
-    return requests.update().where(guard).values(
+    return Prepared(requests.update().where(guard).values(
         outcome_succeeded=sa.bindparam("succeeded", type_=sa.Boolean()),
         outcome_detail=sa.bindparam("detail", type_=sa.Text()),
         outcome_at=sa.bindparam("now", type_=requests.c.outcome_at.type),
-    ).returning(*requests.c)
+    ).returning(*requests.c))
 
 
 async def report_outcome(
@@ -390,12 +390,10 @@ async def report_outcome(
     succeeded: bool, detail: str | None = None, admin: bool = False,
 ) -> Row:
     """Record what happened when an approved action ran; success resolves its incident."""
-    row = (
-        await conn.execute(_outcome_statement(admin), {
-            "request_id": request_id, "now": now, "actor": actor, "succeeded": succeeded,
-            "detail": detail,
-        })
-    ).mappings().first()
+    row = await _outcome_statement(admin).first(conn, {
+        "request_id": request_id, "now": now, "actor": actor, "succeeded": succeeded,
+        "detail": detail,
+    })
     if row is None:
         refusal = await explain_outcome_refusal(conn, now, request_id, actor, admin=admin)
         raise refusal or errors.Conflict("the request changed; try again", status="approved")

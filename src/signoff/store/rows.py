@@ -14,13 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff.lifecycle import RequestStatus
 from signoff.notify.outbox import enqueue_for_events
+from signoff.store.prepared import Prepared
 from signoff.tables import events
 
 Row = Mapping[Any, Any]
 # A caller that wants to know what its transaction did (metrics) puts a list here.
 EVENTS_KEY = "signoff.events"
 PENDING = RequestStatus.PENDING.value
-_EVENT_INSERT = events.insert()
+_EVENT_INSERT = Prepared(events.insert().inline().values(  # inline: no RETURNING id
+    {c.name: sa.bindparam(c.name, type_=c.type) for c in events.c if c.name != "id"}))
 
 
 async def record_events(
@@ -35,8 +37,10 @@ async def record_events(
          "detail": None, **r}
         for r in rows
     ]
-    # One row (every transition) is one execute; only more is an executemany.
-    await conn.execute(_EVENT_INSERT, full[0] if len(full) == 1 else full)
+    if len(full) == 1:  # every transition: one statement, built once
+        await _EVENT_INSERT.rows(conn, full[0])
+    else:
+        await conn.execute(events.insert(), full)
     await enqueue_for_events(conn, full, current=current)
     # A caller that wants to know what its transaction did (metrics) collects them here.
     collected = conn.info.get(EVENTS_KEY)
