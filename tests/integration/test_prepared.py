@@ -1,0 +1,68 @@
+"""The hot statements give the same rows whether asyncpg runs them (``Database.run`` on
+PostgreSQL) or SQLAlchemy does (``Database.begin``, SQLite), and asyncpg's errors come out
+as SQLAlchemy's, so that callers handle both alike."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from signoff import store
+from signoff.db import DRIVER_KEY, Database
+from signoff.lifecycle import EventKind
+from signoff.store.rows import record_events
+
+pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_url", ["postgres"],
+                                                           indirect=True)]
+
+
+async def _create(conn: Any, now: datetime, key: str) -> tuple[Any, bool]:
+    return await store.create_request(
+        conn, now, actor="bot", data={"action": "restart web", "params": {"n": [1, "é"]}},
+        expires_at=now + timedelta(minutes=5), idempotency_key=key, digest="d",
+    )
+
+
+async def test_both_paths_give_the_same_rows_with_the_same_types(db: Database) -> None:
+    async def direct(conn: Any, now: datetime) -> tuple[dict[str, Any], bool]:
+        assert conn.info.get(DRIVER_KEY) is not None  # asyncpg runs the statements
+        row, created = await _create(conn, now, "k-direct")
+        return dict(row), created
+
+    made, created = await db.run(direct)
+    async with db.begin() as conn:
+        assert conn.info.get(DRIVER_KEY) is None  # SQLAlchemy runs them
+        again, created_again = await _create(conn, datetime.now(UTC), "k-direct")
+        through_sqlalchemy = {k: again[k] for k in made}
+        other, _ = await _create(conn, datetime.now(UTC), "k-sqlalchemy")
+    assert created and not created_again
+    assert through_sqlalchemy == made
+    assert {k: type(v) for k, v in dict(other).items()} == {k: type(v) for k, v in made.items()}
+    assert isinstance(made["id"], uuid.UUID) and made["params"] == {"n": [1, "é"]}
+    assert made["created_at"].tzinfo is UTC
+
+    async def read(conn: Any, now: datetime) -> dict[str, Any]:
+        return dict(await store.find_idempotent_request(conn, "bot", "k-sqlalchemy") or {})
+
+    assert await db.run(read) == dict(other)
+
+
+async def test_an_error_of_asyncpg_is_a_dbapi_error_with_its_sqlstate(db: Database) -> None:
+    async def orphan_event(conn: Any, now: datetime) -> None:
+        await record_events(conn, [{"at": now, "kind": EventKind.REQUEST_CREATED,
+                                    "actor": "bot", "request_id": uuid.uuid4()}])
+
+    with pytest.raises(DBAPIError) as caught:
+        await db.run(orphan_event)
+    assert getattr(caught.value.orig, "sqlstate", None) == "23503"  # foreign key
+    assert not caught.value.connection_invalidated
+
+    async def count(conn: Any, now: datetime) -> int:
+        return int((await conn.execute(sa.text("SELECT count(*) FROM events"))).scalar_one())
+
+    assert await db.run(count) == 0  # rolled back whole
