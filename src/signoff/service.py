@@ -216,15 +216,8 @@ class Service:
     async def incident_events(
         self, who: Principal, incident_id: Id, *, limit: int = 50, cursor: str | None = None
     ) -> Page:
-        _allow(who, Role.VIEWER)
         iid = parse_id(incident_id, errors.IncidentNotFound)
-
-        async def work(conn: AsyncConnection, now: datetime) -> queries.Page:
-            await store.get_incident(conn, iid)
-            return await queries.list_events(conn, incident_id=iid, limit=limit, cursor=cursor)
-
-        page = await self._read(work)
-        return _page([event_view(r) for r in page.rows], page.next_cursor)
+        return await self._events(who, "incident_id", iid, limit=limit, cursor=cursor)
 
     # -- approval requests --------------------------------------------------------------
 
@@ -317,12 +310,21 @@ class Service:
     async def request_events(
         self, who: Principal, request_id: Id, *, limit: int = 50, cursor: str | None = None
     ) -> Page:
-        _allow(who, Role.VIEWER)
         rid = parse_id(request_id, errors.RequestNotFound)
+        return await self._events(who, "request_id", rid, limit=limit, cursor=cursor)
+
+    async def _events(
+        self, who: Principal, subject: str, subject_id: uuid.UUID, *, limit: int,
+        cursor: str | None,
+    ) -> Page:
+        """The audit trail of an incident or a request (``subject``), oldest first."""
+        _allow(who, Role.VIEWER)
+        exists = store.get_incident if subject == "incident_id" else store.get_request
 
         async def work(conn: AsyncConnection, now: datetime) -> queries.Page:
-            await store.get_request(conn, rid)
-            return await queries.list_events(conn, request_id=rid, limit=limit, cursor=cursor)
+            await exists(conn, subject_id)  # 404 for an id that names nothing
+            return await queries.list_events(
+                conn, limit=limit, cursor=cursor, **{subject: subject_id})
 
         page = await self._read(work)
         return _page([event_view(r) for r in page.rows], page.next_cursor)
