@@ -37,9 +37,11 @@ BatchHook = Callable[[int], None]
 # A wake-up a little after the deadline finds the row due at once; one a little before
 # it would cost an empty pass and a second sleep.
 _SLACK = 0.002
-# Due rows this process could not take are held by another replica: look again soon,
-# without spinning on them.
-_CONTENDED_DELAY = 0.05
+# Due rows this process could not take are held by another transaction: look again soon,
+# without spinning on them. Not only by another replica's claim, which expires them: the
+# delivery worker's reminder claim locks pending rows up to their deadline, and a row it
+# holds when its deadline passes is expired by nobody until it lets go.
+_CONTENDED_DELAY = 0.01
 # Gauges need a count over every pending row: refreshed at most this often.
 _GAUGE_INTERVAL = 1.0
 # A quarantine that grows without bound is no longer "one bad row": stop adding to it.
@@ -465,11 +467,10 @@ class Resolver:
         backstop at the latest.
 
         Requests that were due when the last batch looked, yet not taken, are held by
-        another replica (its claim locked them) or by a decision in flight: they are looked
-        at again after ``_CONTENDED_DELAY``, in case that transaction rolls back, but the
-        next deadline after them is not slept through meanwhile. When two replicas claim
-        at the same instant each skips the other's rows; had both slept the whole delay,
-        whatever fell due in it waited for them (most of the soak's lateness over 30 ms).
+        another replica (its claim locked them), a reminder's claim or a decision in
+        flight: they are looked at again after ``_CONTENDED_DELAY``, and the next
+        deadline after them is not slept through meanwhile. (When two replicas claim at
+        the same instant each skips the other's rows: both used to sleep the whole delay.)
         """
         last_now = self._last_now
         quarantined = sorted(self.quarantine)
