@@ -96,7 +96,9 @@ LATENESS = """
 SELECT count(*) AS n,
        percentile_disc(0.5) WITHIN GROUP (ORDER BY late) AS p50,
        percentile_disc(0.99) WITHIN GROUP (ORDER BY late) AS p99,
-       max(late) AS max
+       max(late) AS max,
+       count(*) FILTER (WHERE late > 0.05) AS over_50ms,
+       count(*) FILTER (WHERE late > 0.1) AS over_100ms
 FROM (SELECT extract(epoch FROM decided_at - expires_at)::float8 AS late
       FROM approval_requests
       WHERE status = 'expired' AND decided_by = 'timeout'
@@ -369,7 +371,8 @@ def wake_lag_between(before: Buckets, after: Buckets) -> dict[str, Any]:
 async def lateness_between(conn: Any, start: datetime, end: datetime) -> dict[str, Any]:
     row = await conn.fetchrow(LATENESS, start, end)
     return {"n": row["n"], "p50_ms": _round_ms(row["p50"]), "p99_ms": _round_ms(row["p99"]),
-            "max_ms": _round_ms(row["max"])}
+            "max_ms": _round_ms(row["max"]), "over_50ms": row["over_50ms"],
+            "over_100ms": row["over_100ms"]}
 
 
 def _round_ms(value: float | None) -> float | None:
@@ -692,7 +695,8 @@ async def phases(
     if steady_samples:
         figures["dead_tuples"]["end_of_steady"] = steady_samples[-1].dead
     print(f"lateness p50/p99/max ms: steady {steady['p50_ms']}/{steady['p99_ms']}/"
-          f"{steady['max_ms']}, long transaction {figures['lateness']['long_tx']['p99_ms']} "
+          f"{steady['max_ms']} ({steady['over_50ms']} of {steady['n']} over 50 ms), "
+          f"long transaction {figures['lateness']['long_tx']['p99_ms']} "
           f"p99, after it {figures['lateness']['recovery']['p99_ms']} p99; back under "
           f"{threshold * 1000:.0f} ms {recovered:.1f} s after the transaction ended")
     for stage, lag in wake_lag.items():
