@@ -155,11 +155,10 @@ class Resolver:
         self._early: datetime | None = None
         self._anchor: tuple[float, datetime] | None = None
         self._held: _HeldConnection | None = None
-        # A planned pass: when it woke (event loop time), until its first transaction reads
-        # its clock, and how late its timer fired and that transaction started (seconds).
+        # A planned pass: when it woke (loop time) until its first transaction reads its
+        # clock, and how late (s) its timer fired and that transaction started, by stage.
         self._woke_at: float | None = None
-        self._timer_lag: float | None = None
-        self._start_lag: float | None = None
+        self._lags: dict[str, float] = {}
         self._last_now: datetime | None = None
         self._gauges_at = float("-inf")
 
@@ -221,7 +220,7 @@ class Resolver:
                 lateness_max_seconds=round(result.lateness_max, 6),
                 lateness_mean_seconds=round(result.lateness_mean, 6),
                 duration_seconds=round(result.duration, 6),
-                **self._lag_fields(),
+                **{f"{stage}_lag_seconds": round(v, 6) for stage, v in self._lags.items()},
             )
         return result
 
@@ -231,8 +230,9 @@ class Resolver:
         limit = self.batch_size if only is None else len(only)
 
         async def work(conn: AsyncConnection, now: datetime) -> tuple[store.ExpiryBatch, datetime]:
-            if self._woke_at is not None:
-                self._started(now)
+            if self._woke_at is not None:  # the planned pass's first transaction
+                self._lag("start", self._woke_at)
+                self._woke_at = None
             batch = await store.expire_due_requests(
                 conn, now, limit=limit, only=only, exclude=exclude or ()
             )
@@ -327,21 +327,9 @@ class Resolver:
                 resolution_type=ResolutionType.TIMEOUT.value).inc(batch.incidents_resolved)
         return batch.count
 
-    def _started(self, now: datetime) -> None:
-        """The planned pass's first transaction has read its clock: the wake is over."""
-        assert self._woke_at is not None
-        lag = max(0.0, asyncio.get_running_loop().time() - self._woke_at)
-        self._woke_at = None
-        self._start_lag = lag
-        self.metrics.resolver_wake_lag.labels(stage="start").observe(lag)
-
-    def _lag_fields(self) -> dict[str, float]:
-        fields = {}
-        if self._timer_lag is not None:
-            fields["timer_lag_seconds"] = round(self._timer_lag, 6)
-        if self._start_lag is not None:
-            fields["start_lag_seconds"] = round(self._start_lag, 6)
-        return fields
+    def _lag(self, stage: str, since: float) -> None:
+        lag = self._lags[stage] = max(0.0, asyncio.get_running_loop().time() - since)
+        self.metrics.resolver_wake_lag.labels(stage=stage).observe(lag)
 
     async def _refresh_gauges(self, *, force: bool = False) -> None:
         if not force and time.monotonic() - self._gauges_at < _GAUGE_INTERVAL:
@@ -430,15 +418,10 @@ class Resolver:
                     target = min(target, self._loop_time(self._early))
                 self._early = None
                 self._target = target
-                self._woke_at = self._timer_lag = self._start_lag = None
-                if await self._sleep():
-                    # The plan's instant came: how late did this loop get to it?
-                    woke = loop.time()
-                    assert self._target is not None
-                    self._timer_lag = max(0.0, woke - self._target)
-                    self.metrics.resolver_wake_lag.labels(stage="timer").observe(
-                        self._timer_lag)
-                    self._woke_at = woke
+                self._woke_at, self._lags = None, {}
+                if await self._sleep():  # the plan's instant came: how late was the loop?
+                    self._lag("timer", target if self._target is None else self._target)
+                    self._woke_at = loop.time()
         finally:
             for task in tasks:
                 task.cancel()
