@@ -25,7 +25,6 @@ from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
 from signoff.notify.worker import Notifier
 from signoff.resolver import Resolver
-from signoff.resolver_thread import ResolverThread, can_run_apart
 from signoff.scheduler import background_checks
 from signoff.service import Service
 from signoff.settings import Settings
@@ -55,14 +54,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         tasks: list[asyncio.Task[Any]] = []
-        apart: ResolverThread | None = None
-        if run_resolver and can_run_apart(database):
-            # Its own loop and connections: its timer and round trips never queue behind
-            # HTTP work on this loop (docs/design.md, "Where the resolver runs"). Started
-            # first, so that nothing else is running if it cannot start.
-            apart = ResolverThread(database, settings, meters)
-            await apart.start()
-            service.resolver = apart
         client = http_client()
         app.state.http = client
         if notifying:
@@ -70,7 +61,7 @@ def create_app(
             notifier = Notifier(database, settings, meters, senders)
             service.notifier = notifier
             tasks.append(asyncio.create_task(notifier.run(stop), name="signoff-notify"))
-        if run_resolver and apart is None:  # in-memory SQLite: only this engine sees it
+        if run_resolver:
             resolver = Resolver(database, settings, meters)
             service.resolver = resolver
             tasks.append(asyncio.create_task(resolver.run(stop), name="signoff-resolver"))
@@ -79,7 +70,7 @@ def create_app(
             tasks.append(asyncio.create_task(scheduler.run(stop), name="signoff-scheduler"))
         log.info("serve_started", host=settings.host, port=settings.port,
                  database=database.engine.dialect.name, resolver=run_resolver,
-                 resolver_thread=apart is not None, notifier=notifying)
+                 notifier=notifying)
         try:
             yield
         finally:
@@ -88,8 +79,6 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if apart is not None:
-                await apart.stop()
             service.notifier = service.resolver = None
             await client.aclose()
             if db is None:
