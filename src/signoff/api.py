@@ -25,7 +25,7 @@ from signoff.schemas import (
     OutcomeIn,
     RequestIn,
     ResolveIn,
-    as_utc,
+    utc_instant,
 )
 from signoff.service import Service
 
@@ -201,9 +201,10 @@ def _instant(value: str | None, name: str) -> datetime | None:
         parsed = datetime.fromisoformat(value.strip().replace(" ", "+"))
     except ValueError:
         raise errors.InvalidInput(f"{name}: not an RFC 3339 time") from None
-    if parsed.tzinfo is None:
-        raise errors.InvalidInput(f"{name}: give a UTC offset (e.g. 2026-01-01T00:00:00Z)")
-    return as_utc(parsed)
+    try:
+        return utc_instant(parsed)
+    except ValueError as exc:
+        raise errors.InvalidInput(f"{name}: {exc}") from None
 
 
 @router.get("/stats", tags=["statistics"])

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors
 from signoff.lifecycle import Disposition, RequestStatus
+from signoff.schemas import utc_instant
 from signoff.tables import approvals, events, incidents, knowledge, requests
 
 Row = Mapping[Any, Any]
@@ -46,14 +47,14 @@ def decode_cursor(cursor: str, kinds: Sequence[type]) -> list[Any]:
         out: list[Any] = []
         for kind, part in zip(kinds, parts, strict=True):
             if kind is datetime:
-                value = datetime.fromisoformat(part)
-                if value.tzinfo is None:
-                    raise ValueError("naive")
-                out.append(value)
+                out.append(utc_instant(datetime.fromisoformat(part)))
             elif kind is uuid.UUID:
                 out.append(uuid.UUID(part))
             else:
-                out.append(int(part))
+                number = int(part)
+                if not -(2**63) <= number < 2**63:  # what a BIGINT holds
+                    raise ValueError("out of range")
+                out.append(number)
         return out
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise errors.InvalidInput("the cursor is not one this server gave out") from exc

@@ -104,7 +104,7 @@ class RequestIn(Body):
     risk: Risk = Risk.MEDIUM
     rationale: Text | None = None
     ttl_seconds: StrictInt | None = Field(default=None, ge=1)
-    expires_at: AwareDatetime | None = None
+    expires_at: Annotated[AwareDatetime, AfterValidator(utc_instant)] | None = None
     required_approvals: StrictInt = Field(default=1, ge=1, le=MAX_REQUIRED_APPROVALS)
     callback_url: Url | None = None
 
@@ -127,3 +127,19 @@ def canonical_digest(body: BaseModel) -> str:
 
 def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
+
+
+def utc_instant(value: datetime) -> datetime:
+    """An aware time from a client, in UTC; ``ValueError`` if UTC cannot hold it.
+
+    ``datetime`` takes offsets up to ±23:59 at both ends of its calendar, so
+    ``0001-01-01T00:00:00+14:00`` parses but lies before the first UTC instant.
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("give a UTC offset (e.g. 2026-01-01T00:00:00Z)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "is outside the range of times signoff can hold (years 1 to 9999 in UTC)"
+        ) from None
