@@ -6,6 +6,7 @@ Domain errors become HTTP answers here and nowhere else.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from signoff import errors
@@ -153,11 +155,14 @@ class _TooLarge(Exception):
 
 
 class CountHTTP:
-    """Count every answer by method, route template and status.
+    """Count every answer by method, route template and status, and answer what no
+    handler did: an unexpected error gets the JSON error shape with a request id that its
+    log line (with the traceback) carries too; a client gone before the answer counts as
+    499, nginx's "client closed request".
 
     Plain ASGI: it only watches the response start go by, so a call costs a dictionary
-    look-up, not the task and the streams that a ``BaseHTTPMiddleware`` adds to it. An
-    exception that no handler turned into an answer is not counted (nothing was sent).
+    look-up, not the task and the streams that a ``BaseHTTPMiddleware`` adds to it. It
+    must be the outermost of the app's own middlewares, so that it sees every answer.
     """
 
     def __init__(self, app: ASGIApp, counter: Counter) -> None:
@@ -177,18 +182,58 @@ class CountHTTP:
                 status = message["status"]
             await send(message)
 
-        await self.app(scope, receive, watching)
-        if status:
-            # The router has put the matched route in the scope by now.
-            path = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            key = (method, path, status)
-            child = self._children.get(key)
-            if child is None:
-                child = self.counter.labels(key[0], path, str(status))
-                if len(self._children) < 10_000:
-                    self._children[key] = child
-            child.inc()
+        try:
+            await self.app(scope, receive, watching)
+        except ClientDisconnect:
+            status = status or CLIENT_CLOSED
+        except Exception as exc:  # the last handler: answer and log it
+            request_id = _request_id(scope)
+            log.error("unhandled_error", request_id=request_id, method=scope["method"],
+                      path=scope.get("path"), exc_info=exc)
+            if not status:  # else the answer is cut short: the server closes the connection
+                status = 500
+                await _internal_error(send, request_id)
+        finally:
+            if status:
+                self._count(scope, status)
+
+    def _count(self, scope: Scope, status: int) -> None:
+        # The router has put the matched route in the scope by now.
+        path = getattr(scope.get("route"), "path", "unmatched")
+        method = scope["method"] if scope["method"] in _METHODS else "other"
+        key = (method, path, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self.counter.labels(key[0], path, str(status))
+            if len(self._children) < 10_000:
+                self._children[key] = child
+        child.inc()
+
+
+CLIENT_CLOSED = 499
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` when it is a sane one, else a new one."""
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _REQUEST_ID.fullmatch(text):
+                return text
+    return uuid.uuid4().hex
+
+
+async def _internal_error(send: Send, request_id: str) -> None:
+    body = json.dumps(error_body(
+        "internal", "the server failed to answer; the request id leads to its log line",
+        request_id=request_id,
+    )).encode()
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"x-request-id", request_id.encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 # -- authentication -------------------------------------------------------------------
