@@ -13,14 +13,15 @@ class SignoffError(Exception):
     http_status = 400
 
     def __init__(self, message: str | None = None, *, status: str | None = None) -> None:
-        self.message = message or (self.__doc__ or self.code).strip()
+        # A docstring's lines joined as one sentence: no newline or indent in an answer.
+        self.message = message or " ".join((self.__doc__ or self.code).split())
         # For conflicts: the current status of the thing that won.
         self.status = status
         super().__init__(self.message)
 
 
 class Unauthenticated(SignoffError):
-    """A valid bearer token is required."""
+    """A valid bearer token is required: send the header Authorization: Bearer <token>."""
 
     code = "unauthenticated"
     http_status = 401

@@ -218,7 +218,7 @@ def _request_id(scope: Scope) -> str:
     """The client's ``X-Request-ID`` when it is a sane one, else a new one."""
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             if _REQUEST_ID.fullmatch(text):
                 return text
     return uuid.uuid4().hex
@@ -244,12 +244,17 @@ async def authorize(request: Request, role: Role) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     secret = secret.strip()
-    if scheme.lower() != "bearer" or not secret:
+    if not header:
         raise errors.Unauthenticated()
+    if scheme.lower() != "bearer" or not secret:
+        raise errors.Unauthenticated(
+            "A valid bearer token is required: the Authorization header must be "
+            "Bearer <token>")
     service: Service = request.app.state.service
     found = await service.authenticate(secret)
     if found is None:
-        raise errors.Unauthenticated("the bearer token is not valid")
+        raise errors.Unauthenticated(
+            "A valid bearer token is required: this one is unknown or revoked")
     if not role_allows(found.role, role):
         raise errors.Forbidden(f"this needs the {role.value} role; the token is {found.role}")
     return found
@@ -284,17 +289,28 @@ async def read_body(request: Request, model: type[M]) -> M | errors.InvalidInput
     try:
         data = json.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return errors.InvalidInput("the body is not valid JSON")
+        return errors.InvalidInput("the body is not valid JSON" + _sent_as(request))
     except ValueError:  # a number longer than Python converts
         return errors.InvalidInput("the body has a number too long to read")
     except RecursionError:
         return errors.InvalidInput("the body is nested too deeply to read")
     if not isinstance(data, dict):
-        return errors.InvalidInput("the body must be a JSON object")
+        return errors.InvalidInput("the body must be a JSON object" + _sent_as(request))
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         return errors.InvalidInput(describe_validation(list(exc.errors())))
+
+
+def _sent_as(request: Request) -> str:
+    """A hint for a body that is not JSON and was not sent as JSON (curl's ``-d`` sends a
+    form): name the header to send. A JSON body is taken whatever its Content-Type."""
+    header: str = request.headers.get("content-type", "")
+    kind = header.partition(";")[0].strip().lower()
+    if kind == "application/json" or kind.endswith("+json"):
+        return ""
+    sent = f"as {kind}" if kind else "with no Content-Type"
+    return f" (it was sent {sent}: send JSON, with Content-Type: application/json)"
 
 
 def body_or_raise(parsed: M | errors.InvalidInput) -> M:

@@ -147,3 +147,43 @@ def test_a_chunked_body_within_the_limit_is_read(sqlite_server: Server) -> None:
     body = json.dumps({"action": "restart", "rationale": "y" * 10_000}).encode()
     response = bot.post("/approvals", content=iter([body[:5000], body[5000:]]), headers=JSON)
     assert response.status_code == 201, response.text
+
+
+def test_a_body_sent_without_the_json_header_is_explained(sqlite_server: Server) -> None:
+    bot = sqlite_server.client("bot")
+    form = bot.post("/approvals", content=b"action=restart",
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 422
+    assert "Content-Type: application/json" in form.json()["error"]["message"]
+    bare = bot.post("/incidents", content=b"title=x")
+    assert bare.status_code == 422
+    assert "no Content-Type" in bare.json()["error"]["message"]
+    # Sent as JSON, the message is only about the JSON.
+    sent = bot.post("/approvals", content=b"action=restart", headers=JSON)
+    assert "Content-Type" not in sent.json()["error"]["message"]
+    # JSON is taken whatever its header says.
+    plain = bot.post("/approvals", content=b'{"action": "restart"}',
+                     headers={"content-type": "text/plain"})
+    assert plain.status_code == 201, plain.text
+
+
+def test_refusals_read_as_one_sentence(sqlite_server: Server) -> None:
+    bot, alice = sqlite_server.client("bot"), sqlite_server.client("alice")
+    placeholder = bot.post("/approvals", json={"action": "TBD"}).json()
+    assert placeholder["needs_analysis"] is True
+    refused = alice.post(f"/approvals/{placeholder['id']}/approve").json()["error"]
+    assert refused["code"] == "needs_analysis"
+    assert "\n" not in refused["message"] and "  " not in refused["message"]
+
+    url = sqlite_server.url
+    messages = [
+        httpx.get(url + "/api/v1/approvals").json()["error"]["message"],
+        httpx.get(url + "/api/v1/approvals", headers={"Authorization": "Basic x"}).json(),
+        httpx.get(url + "/api/v1/approvals", headers={"Authorization": "Bearer nope"}).json(),
+        httpx.post(url + "/api/v1/telegram/webhook", json={}).json(),
+    ]
+    messages = [m if isinstance(m, str) else m["error"]["message"] for m in messages]
+    assert len(set(messages)) == len(messages), messages
+    for message in messages:
+        assert message.startswith("A valid "), message
+        assert "required: " in message, message

@@ -76,7 +76,8 @@ async def telegram_webhook(request: Request, background: BackgroundTasks) -> dic
     """Receive an update from Telegram: button presses decide, nothing else does."""
     settings: Settings = request.app.state.settings
     if not _authentic(request, settings):
-        raise errors.Unauthenticated("missing or wrong X-Telegram-Bot-Api-Secret-Token")
+        raise errors.Unauthenticated(
+            "A valid X-Telegram-Bot-Api-Secret-Token header is required: it is missing or wrong")
     try:
         update = await request.json()
     except ValueError:
