@@ -6,16 +6,22 @@ BIN := $(VENV)/bin
 
 .PHONY: serve test lint bench-drain
 
+# What signoff needs to run; the test tools (mypy, schemathesis, Hypothesis...) only for
+# the tests, in the same venv.
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 serve: $(BIN)/.installed
 	$(BIN)/signoff serve
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
