@@ -16,7 +16,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
 from signoff import errors
-from signoff.http import authorize, body_or_raise, parse_filter_id, read_body, require
+from signoff.http import (
+    authorize,
+    body_or_raise,
+    parse_filter_id,
+    read_body,
+    require,
+    unless_gone,
+)
 from signoff.lifecycle import IncidentStatus, Principal, RequestStatus, Role
 from signoff.schemas import (
     DecisionIn,
@@ -132,10 +139,36 @@ async def list_requests(
     )
 
 
-@router.get("/approvals/{request_id}", tags=["approvals"])
+MAX_WAIT = 60.0
+
+
+def _wait(request: Request) -> float | errors.InvalidInput:
+    """``?wait=S``, read here rather than by FastAPI: the hot path of a plain read pays
+    nothing for it, and a bad value is refused after who and what (contract order)."""
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return errors.InvalidInput(f"wait: a number of seconds from 0 to {MAX_WAIT:g}")
+    if not 0 <= seconds <= MAX_WAIT:  # NaN fails both
+        return errors.InvalidInput(f"wait: a number of seconds from 0 to {MAX_WAIT:g}")
+    return seconds
+
+
+@router.get("/approvals/{request_id}", tags=["approvals"], openapi_extra={"parameters": [{
+    "name": "wait", "in": "query", "required": False,
+    "description": "Long-poll: answer once the request is no longer pending, at its "
+                   "deadline, or after this many seconds (0 to 60), whichever is first.",
+    "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT}}]})
 async def get_request(request_id: str, request: Request) -> dict[str, Any]:
     who = await authorize(request, Role.VIEWER)
-    return await _service(request).get_request(who, request_id)
+    wait = _wait(request)
+    answer = _service(request).get_request(who, request_id, wait=wait)
+    if not wait:  # the plain read: no watch on the connection
+        return await answer
+    return await unless_gone(request, answer)
 
 
 @router.get("/approvals/{request_id}/events", tags=["approvals"])

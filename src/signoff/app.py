@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from signoff import __version__
+from signoff import __version__, store
 from signoff.api import router
 from signoff.db import Database
 from signoff.http import BodyLimit, CountHTTP, install_error_handlers
+from signoff.listener import ChannelListener, listen_dsn
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
@@ -68,12 +71,18 @@ def create_app(
         if watching:
             scheduler = background_checks(database, settings, meters)
             tasks.append(asyncio.create_task(scheduler.run(stop), name="signoff-scheduler"))
+        if database.is_postgres:  # long-poll waiters hear of other replicas' decisions
+            listener = ChannelListener(
+                listen_dsn(settings.database_url), store.ENDED_CHANNEL,
+                service.waiters.heard, service.waiters.wake_all, name="waiters")
+            tasks.append(asyncio.create_task(listener.run(), name="signoff-waiters-listen"))
         log.info("serve_started", host=settings.host, port=settings.port,
                  database=database.engine.dialect.name, resolver=run_resolver,
                  notifier=notifying)
         try:
             yield
         finally:
+            service.waiters.close()
             stop.set()
             for task in tasks:
                 task.cancel()
@@ -110,3 +119,15 @@ def create_app(
         return Response(generate_latest(meters.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, telling the app's long-poll waiters the moment shutdown begins:
+    they answer with the state they read then, instead of holding the shutdown up (uvicorn
+    waits for every open answer before it runs the lifespan's shutdown)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        service = getattr(getattr(self.config.app, "state", None), "service", None)
+        if isinstance(service, Service):
+            service.waiters.close()
+        await super().shutdown(sockets)

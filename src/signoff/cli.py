@@ -132,7 +132,7 @@ def serve(
     """Migrate the database, then serve the HTTP API with the resolver running."""
     import uvicorn
 
-    from signoff.app import create_app
+    from signoff.app import Server, create_app
 
     settings = load_settings(ctx, host=host, port=port)
 
@@ -145,7 +145,7 @@ def serve(
                 app_, host=settings.host, port=settings.port, log_config=None,
                 access_log=False, lifespan="on",
             )
-            await uvicorn.Server(config).serve()
+            await Server(config).serve()
         finally:
             await db.dispose()
 

@@ -5,6 +5,8 @@ Domain errors become HTTP answers here and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -28,6 +30,7 @@ from signoff.service import Service
 
 log = get_logger("signoff.http")
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 MAX_BODY = 1024 * 1024
 # h11 takes any token as a method: any other is counted as "other", so that made-up
 # methods cannot add metric series (kept for the process's life) without bound.
@@ -311,6 +314,31 @@ def _sent_as(request: Request) -> str:
         return ""
     sent = f"as {kind}" if kind else "with no Content-Type"
     return f" (it was sent {sent}: send JSON, with Content-Type: application/json)"
+
+
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, or ``ClientDisconnect`` (and ``work`` cancelled) as soon as the
+    client closes its connection: a long wait leaves nothing behind its caller."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled from outside (the server is going)
+        task.cancel()
+        gone.cancel()
+        raise
+    gone.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def body_or_raise(parsed: M | errors.InvalidInput) -> M:

@@ -59,6 +59,10 @@ class Metrics:
             "signoff_requests_pending", "Requests pending now (including overdue ones).",
             registry=r,
         )
+        self.waiters = Gauge(
+            "signoff_long_poll_waiters",
+            "Callers waiting now on GET /approvals/{id}?wait=S in this process.", registry=r,
+        )
         self.oldest_overdue = Gauge(
             "signoff_oldest_overdue_seconds",
             "How long the oldest overdue pending request has been past its deadline (0: none).",

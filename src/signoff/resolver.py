@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from signoff import store
 from signoff.db import Database, is_retryable, is_unavailable
 from signoff.lifecycle import Disposition, ResolutionType
-from signoff.listener import Backoff, DeadlineListener
+from signoff.listener import Backoff, deadline_listener, listen_dsn
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
-from signoff.settings import Settings, normalise_database_url
+from signoff.settings import Settings
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection, datetime], Awaitable[T]]
@@ -137,14 +137,10 @@ class Resolver:
         # LISTEN needs its own connection outside the pool; by default to the same database.
         if listen_url is None and listen and db.is_postgres:
             listen_url = settings.database_url
-        self.listen_dsn = (
-            None if listen_url is None
-            else normalise_database_url(listen_url).replace("postgresql+asyncpg://",
-                                                            "postgresql://", 1)
-        )
+        self.listen_dsn = None if listen_url is None else listen_dsn(listen_url)
         # Requests that failed even alone: excluded from batch claims, retried each pass.
         self.quarantine: set[uuid.UUID] = set()
-        self._listener = None if self.listen_dsn is None else DeadlineListener(
+        self._listener = None if self.listen_dsn is None else deadline_listener(
             self.listen_dsn, self.wake)
         self._log = get_logger("signoff.resolver")
         self._wake = asyncio.Event()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -20,6 +20,7 @@ from pydantic import (
     StrictStr,
 )
 
+from signoff import errors
 from signoff.lifecycle import Risk, Severity
 
 MAX_ACTION = 1_000
@@ -116,6 +117,31 @@ class DecisionIn(Body):
 class OutcomeIn(Body):
     succeeded: StrictBool
     detail: Text | None = None
+
+
+def request_deadline(
+    body: RequestIn, now: datetime, *, default_ttl: timedelta, max_ttl: timedelta
+) -> datetime:
+    """The request's deadline: never clamped; anything out of range is the client's error."""
+    max_seconds = max_ttl.total_seconds()
+    if body.ttl_seconds is not None and body.expires_at is not None:
+        raise errors.InvalidInput("give ttl_seconds or expires_at, not both")
+    if body.ttl_seconds is not None:
+        if body.ttl_seconds > max_seconds:
+            raise errors.InvalidInput(
+                f"ttl_seconds: at most the maximum TTL, {int(max_seconds)} seconds"
+            )
+        return now + timedelta(seconds=body.ttl_seconds)
+    if body.expires_at is not None:
+        expires_at = as_utc(body.expires_at)
+        if expires_at <= now:
+            raise errors.InvalidInput("expires_at: must be in the future")
+        if expires_at - now > max_ttl:
+            raise errors.InvalidInput(
+                f"expires_at: at most the maximum TTL ({int(max_seconds)} s) ahead"
+            )
+        return expires_at
+    return now + default_ttl
 
 
 def canonical_digest(body: BaseModel) -> str:

@@ -44,11 +44,12 @@ from signoff.schemas import (
     OutcomeIn,
     RequestIn,
     ResolveIn,
-    as_utc,
     canonical_digest,
+    request_deadline,
 )
 from signoff.settings import Settings
 from signoff.views import event_view, incident_view, knowledge_view, request_view
+from signoff.waiters import Waiters, ended_requests
 from signoff.watchdog import CheckResult, Thresholds, run_watchdogs
 
 T = TypeVar("T")
@@ -105,6 +106,7 @@ class Service:
         self.thresholds = Thresholds.from_settings(settings)
         self.notifier: Notifier | None = None
         self.resolver: Resolver | None = None
+        self.waiters = Waiters()
         self._principals: dict[str, tuple[float, Principal]] = {}
 
     # -- the unit of work ---------------------------------------------------------------
@@ -113,6 +115,7 @@ class Service:
         """Run ``work`` in one transaction; after it commits, count what it did."""
         written: list[dict[str, Any]] = []
         queued: list[int] = []
+        ended: list[uuid.UUID] = []
 
         async def collecting(conn: AsyncConnection, now: datetime) -> T:
             attempt: list[dict[str, Any]] = []
@@ -127,11 +130,16 @@ class Service:
             finally:
                 info.pop(store.EVENTS_KEY, None)
                 info.pop(OUTBOX_ADDED, None)
+            ended[:] = ended_requests(attempt)
+            if ended and self.db.is_postgres:  # other replicas' waiters hear at the commit
+                await store.notify_ended(conn, ended)
             written[:] = attempt  # only the attempt that committed counts
             queued[:] = outbox
             return result
 
         result = await self.db.run(collecting)
+        if ended:
+            self.waiters.wake(ended)
         self.metrics.observe_events(written)
         # Only a transaction that queued something gives the worker work: waking it for
         # every write made it read the outbox again and again under load.
@@ -221,29 +229,6 @@ class Service:
 
     # -- approval requests --------------------------------------------------------------
 
-    def deadline(self, body: RequestIn, now: datetime) -> datetime:
-        """The request's deadline: never clamped; anything out of range is the client's error."""
-        max_ttl = self.settings.max_ttl
-        max_seconds = max_ttl.total_seconds()
-        if body.ttl_seconds is not None and body.expires_at is not None:
-            raise errors.InvalidInput("give ttl_seconds or expires_at, not both")
-        if body.ttl_seconds is not None:
-            if body.ttl_seconds > max_seconds:
-                raise errors.InvalidInput(
-                    f"ttl_seconds: at most the maximum TTL, {int(max_seconds)} seconds"
-                )
-            return now + timedelta(seconds=body.ttl_seconds)
-        if body.expires_at is not None:
-            expires_at = as_utc(body.expires_at)
-            if expires_at <= now:
-                raise errors.InvalidInput("expires_at: must be in the future")
-            if expires_at - now > max_ttl:
-                raise errors.InvalidInput(
-                    f"expires_at: at most the maximum TTL ({int(max_seconds)} s) ahead"
-                )
-            return expires_at
-        return now + self.settings.default_ttl
-
     async def create_request(
         self, who: Principal, body: RequestIn, *, idempotency_key: str | None = None
     ) -> tuple[Page, bool]:
@@ -260,7 +245,8 @@ class Service:
                     if previous["idempotency_digest"] != digest:
                         raise errors.IdempotencyMismatch()
                     return await _request_out(conn, now, previous), False, previous["expires_at"]
-            expires_at = self.deadline(body, now)
+            expires_at = request_deadline(
+                body, now, default_ttl=settings.default_ttl, max_ttl=settings.max_ttl)
             data = {
                 **body.model_dump(),
                 "needs_analysis": settings.is_placeholder(body.action),
@@ -280,14 +266,28 @@ class Service:
                      by=who.name, expires_at=out["expires_at"])
         return out, created
 
-    async def get_request(self, who: Principal, request_id: Id) -> Page:
+    async def get_request(
+        self, who: Principal, request_id: Id, *, wait: float | errors.InvalidInput = 0
+    ) -> Page:
+        """The request; with ``wait`` seconds, once it is no longer pending (or its
+        deadline or the wait has come), holding no connection meanwhile."""
         _allow(who, Role.VIEWER)
         rid = parse_id(request_id, errors.RequestNotFound)
 
-        async def work(conn: AsyncConnection, now: datetime) -> Page:
-            return await _request_out(conn, now, await store.get_request(conn, rid))
+        async def work(conn: AsyncConnection, now: datetime) -> tuple[Page, float]:
+            row = await store.get_request(conn, rid)
+            return await _request_out(conn, now, row), (row["expires_at"] - now).total_seconds()
 
-        return await self._read(work)
+        if not wait:
+            return (await self._read(work))[0]
+        if isinstance(wait, errors.InvalidInput):
+            await self._read(work)  # an unknown request is a 404 before a bad wait's 422
+            raise wait
+        self.metrics.waiters.inc()
+        try:
+            return await self.waiters.wait(rid, wait, lambda: self._read(work))
+        finally:
+            self.metrics.waiters.dec()
 
     async def list_requests(
         self, who: Principal, *, status: RequestStatus | None = None,

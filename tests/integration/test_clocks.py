@@ -43,7 +43,7 @@ from signoff import store
 from signoff.app import create_app
 from signoff.db import Database
 from signoff.lifecycle import Role
-from signoff.listener import DeadlineListener
+from signoff.listener import deadline_listener
 from signoff.settings import Settings, normalise_database_url
 from signoff.tables import UTCDateTime, metadata
 from tests.acceptance.conftest import PRINCIPALS, Server, _make_tokens, free_port
@@ -451,9 +451,9 @@ async def test_a_clock_that_gives_naive_times_is_refused(db_url: str) -> None:
 
 def test_a_naive_notify_payload_asks_for_a_full_look_not_an_instant() -> None:
     heard: list[datetime | None] = []
-    listener = DeadlineListener("postgresql://127.0.0.1/unused", heard.append)
+    listener = deadline_listener("postgresql://127.0.0.1/unused", heard.append)
     for payload in ("2026-01-01T12:00:00.000001+08:00", "2026-01-01T12:00:00", "soon"):
-        listener._on_notify(None, 0, "signoff_deadlines", payload)
+        listener.on_notify(payload)
     taipei = timezone(timedelta(hours=8))
     assert heard == [datetime(2026, 1, 1, 12, 0, 0, 1, tzinfo=taipei), None, None]
 

@@ -29,6 +29,7 @@ from signoff.store.incidents import (
     resolve_incident,
 )
 from signoff.store.requests import (
+    ENDED_CHANNEL,
     WAKE_CHANNEL,
     approve_request,
     cancel_request,
@@ -37,6 +38,7 @@ from signoff.store.requests import (
     explain_refusal,
     find_idempotent_request,
     get_request,
+    notify_ended,
     reject_request,
     report_outcome,
 )
@@ -44,6 +46,7 @@ from signoff.store.rows import EVENTS_KEY, PENDING, Row, is_live, record_events
 from signoff.store.tokens import authenticate, create_token, hash_token
 
 __all__ = [
+    "ENDED_CHANNEL",
     "EVENTS_KEY",
     "PENDING",
     "WAKE_CHANNEL",
@@ -68,6 +71,7 @@ __all__ = [
     "hash_token",
     "is_live",
     "next_deadline",
+    "notify_ended",
     "pending_overview",
     "record_events",
     "reject_request",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ from signoff.store.rows import PENDING, Row, record_events
 from signoff.tables import approvals, incidents, requests
 
 WAKE_CHANNEL = "signoff_deadlines"
+ENDED_CHANNEL = "signoff_ended"
 
 
 async def create_request(
@@ -408,3 +409,12 @@ async def report_outcome(
             disposition=Disposition(row["disposition"]), actor=actor,
         )
     return row
+
+
+_NOTIFY_ENDED = Prepared(sa.select(sa.func.pg_notify(
+    ENDED_CHANNEL, sa.bindparam("ids", type_=sa.Text))))
+
+
+async def notify_ended(conn: AsyncConnection, request_ids: Sequence[uuid.UUID]) -> None:
+    """PostgreSQL only: tell other replicas' waiters, at the commit, that these ended."""
+    await _NOTIFY_ENDED.rows(conn, {"ids": ",".join(str(rid) for rid in request_ids)})
