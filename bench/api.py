@@ -279,8 +279,15 @@ class LeanClient:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def post(self, path: str, *, json: Any) -> Answer:
-        body = _dumps(json).encode()
-        head = (f"POST {self.prefix}{path} HTTP/1.1\r\n{self.headers}"
+        return await self.send("POST", path, _dumps(json).encode())
+
+    async def get(self, path: str) -> Answer:
+        return await self.send("GET", path)
+
+    async def send(self, method: str, path: str, body: bytes = b"") -> Answer:
+        """One call; a kept-alive connection the server has closed meanwhile is replaced
+        and the call sent again on a new one."""
+        head = (f"{method} {self.prefix}{path} HTTP/1.1\r\n{self.headers}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         while True:
             reused = bool(self.idle)
