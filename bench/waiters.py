@@ -1,42 +1,49 @@
 """How soon are long-poll waiters answered, and what do 10,000 of them cost a server?
 
     python bench/waiters.py --database-url postgresql://user@host:port/db [--waiters 10000]
-                            [--burst 1000] [--rate 300] [--cross-waiters 1000]
-                            [--cross-rate 200] [--pool-size 10]
+                            [--hold 60] [--rates 50,100,200,300] [--seconds 10]
+                            [--burst 1000] [--burst-connections 50] [--cross-waiters 1000]
+                            [--cross-rate 100] [--pool-size 10] [--logs DIR]
 
 On a scratch database beside the given one (dropped at the end), starts ``signoff serve``
-(replica A, ``SIGNOFF_DB_POOL_SIZE`` ``--pool-size``) and creates ``--waiters`` pending
-requests with an hour to live. Then one waiter per request: a connection of its own that
-asks ``GET /api/v1/approvals/{id}?wait=60`` and asks again whenever the answer is still
-``pending``; the waiters are opened as fast as the server registers them (at most 1,000
-ahead of the ``signoff_long_poll_waiters`` gauge), and each closes its connection once
-answered. Phases:
+(replica A, ``SIGNOFF_DB_POOL_SIZE`` ``--pool-size``, by default the server's own default)
+and creates ``--waiters`` pending requests with an hour to live. Then one waiter per
+request: a connection of its own that asks ``GET /api/v1/approvals/{id}?wait=60``, asks
+again whenever the answer is still ``pending``, and closes once answered. The waiters are
+opened as fast as the server registers them (at most 1,000 ahead of its
+``signoff_long_poll_waiters`` gauge), until the gauge counts them all. Phases:
 
-- **steady**: all but ``--burst`` of the requests are decided (approved and rejected in
-  turn) at ``--rate`` per second through the API, by an approver on 8 keep-alive
-  connections, in random order. Meanwhile a viewer sends plain ``GET /approvals/{id}``
-  (no wait) on two connections, 40 a second: the same-run baseline.
-- **burst**: the last ``--burst`` requests are decided as fast as the server takes them,
-  on 50 connections at once.
+- **hold**: ``--hold`` seconds with nothing decided: what keeping the waiters costs the
+  server's CPU, each wait that runs out (after 60 s) being asked again.
+- **steady**, one per rate in ``--rates``: ``rate x --seconds`` of the requests are
+  decided (approved and rejected in turn, in random order) at that rate through the API,
+  by an approver on 8 keep-alive connections. Meanwhile a viewer sends plain
+  ``GET /approvals/{id}`` (no wait) on two connections, about 20 a second: the same-run
+  baseline, reported as the ratio of the waiters' p99 to the plain reads' p99.
+- **burst**: ``--burst`` requests decided as fast as the server takes them, on
+  ``--burst-connections`` (50) connections at once; then **rest**: whatever is left, the
+  same way.
 - **cross-replica**: a second ``signoff serve`` (replica B) on the same database;
   ``--cross-waiters`` new requests with their waiters on A, decided through B at
   ``--cross-rate`` per second, so that each waiter is woken by ``NOTIFY signoff_ended``.
+  A ``LISTEN`` of this process's own times the NOTIFY's delivery apart from A's part.
 
-A waiter's latency is the time from its request's ``decided_at`` (the database's clock, as
-the deciding server keeps it: the instant its transaction read, just before the guarded
-update and the commit) to the moment this process has read the whole answer
-(``time.time()``; the database runs on the same host). It therefore includes the rest of
-the deciding transaction, the commit, the wake, the waiter's read of the request and the
-answer's trip. Also reported: the time from the decider's own answer (received after the
-commit) to the waiter's, and the round trip of the baseline's plain reads. The figures per
-phase: p50/p99/max, the machine's load average before the phase, and the CPU time spent in
-it by the server and by this process (everything shares the same cores).
+A waiter's latency runs from its request's ``decided_at`` (the database's clock as the
+deciding server keeps it: the instant its transaction read, before the guarded update and
+the commit) to the moment this process has read the whole answer (``time.time()``; the
+database runs on the same host). It includes the rest of the deciding transaction, the
+commit, the wake, the waiter's read of the request and the answer's trip. Also reported:
+the time from the decider's own answer (received after the commit) to the waiter's; for a
+burst, the span from its first commit to its last answer. For each phase: p50/p99/max,
+the decisions per second achieved, the machine's load average before it, the CPU time that
+the server and this process spent in it (everything shares the same cores), and how many
+waits ran out and were asked again meanwhile.
 
 Memory: replica A's resident set (``VmRSS``, and ``Pss`` from ``smaps_rollup``) and its
-open file descriptors, read once the readings stop moving: idle, after the requests are
-created and before any waiter; with every waiter registered (the gauge at ``--waiters``);
-and after every waiter is answered and its connection closed. Reported: KB per waiter,
-``(with - idle) / waiters``, and ``after / idle``.
+open file descriptors, read once the resident set stops moving: idle, after the requests
+are created and before any waiter; with every waiter registered; and after every waiter is
+answered and its connection closed. Reported: KB per waiter, ``(with - idle) / waiters``,
+and ``after / idle``.
 
 This process raises its soft limit on open files to the hard limit (the servers inherit
 it): ``--waiters`` connections here and as many in the server. It runs on uvloop when it
@@ -62,12 +69,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from api import (
     LeanClient,
     Serve,
     load_average,
     make_token,
+    plain_postgres_url,
     process_cpu,
     quantile,
     scratch_database,
@@ -77,13 +86,14 @@ from api import (
 )
 
 from signoff.settings import Settings
+from signoff.store import ENDED_CHANNEL
 
 TTL_SECONDS = 3600  # nothing expires while the benchmark runs
 WAIT_SECONDS = 60  # the longest wait the API allows
 AHEAD_OF_GAUGE = 1000  # waiters opened but not yet registered by the server, at most
 DECIDERS = 8  # the approver's keep-alive connections at a steady rate
 BURST_CONNECTIONS = 50
-PROBES, PROBE_INTERVAL = 2, 0.05  # the baseline's connections, and the pause between reads
+PROBES, PROBE_INTERVAL = 2, 0.1  # the baseline's connections, and the pause between reads
 ANSWER_WITHIN = 30.0  # seconds after the last decision for every waiter to be answered
 GAUGE = re.compile(rb"^signoff_long_poll_waiters (\S+)$", re.MULTILINE)
 
@@ -107,12 +117,10 @@ class Crowd:
     waiters: dict[str, Waiter] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
+    reissued_at: list[float] = field(default_factory=list)  # perf_counter() of each
 
     def fail(self, kind: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1
-
-    def reissued(self) -> int:
-        return sum(max(0, w.asked - 1) for w in self.waiters.values())
 
     async def answered(self, ids: Iterable[str], within: float) -> int:
         """Wait until the waiters of ``ids`` are answered; how many are not, after
@@ -145,6 +153,7 @@ async def wait_for(base: str, token: str, waiter: Waiter, crowd: Crowd) -> None:
                 continue
             body = answer.json()
             if body["status"] == "pending":
+                crowd.reissued_at.append(time.perf_counter())
                 continue
             waiter.received, waiter.status = received, body["status"]
             if body["decided_at"] is not None:
@@ -293,12 +302,15 @@ def spread(values: list[float]) -> dict[str, float]:
 
 @dataclass
 class Phase:
-    """The load average before a phase, and the CPU time spent in it."""
+    """The load average before a phase, the CPU time spent in it, and how many waits ran
+    out (and were asked again) meanwhile."""
 
     name: str
     server_pid: int
+    crowd: Crowd
     load_average: float = 0.0
     began: float = 0.0
+    ended: float = 0.0
     server_cpu: float = 0.0
     client_cpu: float = 0.0
 
@@ -312,12 +324,14 @@ class Phase:
     def __exit__(self, *_: object) -> None:
         self.server_cpu = process_cpu(self.server_pid) - self.server_cpu
         self.client_cpu = time.process_time() - self.client_cpu
-        self.began = time.perf_counter() - self.began
+        self.ended = time.perf_counter()
 
     def figures(self) -> dict[str, float]:
-        return {"load_average": self.load_average, "seconds": round(self.began, 1),
+        reissued = sum(1 for t in self.crowd.reissued_at if self.began <= t < self.ended)
+        return {"load_average": self.load_average,
+                "seconds": round(self.ended - self.began, 1),
                 "server_cpu_s": round(self.server_cpu, 2),
-                "client_cpu_s": round(self.client_cpu, 2)}
+                "client_cpu_s": round(self.client_cpu, 2), "reissued": reissued}
 
 
 def latencies(crowd: Crowd, ids: list[str], decisions: Decisions) -> dict[str, Any]:
@@ -390,41 +404,47 @@ def say_latency(name: str, figures: dict[str, Any]) -> None:
     print(f"{name}: {figures['n']:,} waiters answered p50 {figures['p50_ms']} ms, "
           f"p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms after decided_at; "
           f"{figures['decisions_per_s']:,} decisions/s (decide p99 "
-          f"{figures['decide']['p99_ms']} ms)", flush=True)
+          f"{figures['decide']['p99_ms']} ms); load average {figures['load_average']} "
+          f"before; CPU: server {figures['server_cpu_s']} s "
+          f"({figures['server_cpu_ms_per_decision']} ms per decision), this process "
+          f"{figures['client_cpu_s']} s", flush=True)
 
 
-async def steady_phase(a: Serve, tokens: dict[str, str], crowd: Crowd, ids: list[str],
-                       everyone: list[str], rate: float) -> dict[str, Any]:
+async def decide_phase(
+    name: str, decider: Serve, watched: Serve, tokens: dict[str, str], crowd: Crowd,
+    ids: list[str], *, rate: float | None, probe: list[str] | None = None,
+    burst_connections: int = BURST_CONNECTIONS,
+) -> dict[str, Any]:
+    """Decide ``ids`` through ``decider`` (at ``rate``, or at once) and wait for their
+    waiters, on ``watched``, to be answered; with plain reads of ``probe`` meanwhile."""
     stop = asyncio.Event()
-    probes = asyncio.create_task(probe_reads(a, tokens["viewer"], everyone, stop))
-    with Phase("steady", a.pid) as phase:
-        decisions = await decide(a, tokens["approver"], ids, DECIDERS, rate)
+    reads = (asyncio.create_task(probe_reads(watched, tokens["viewer"], probe, stop))
+             if probe else None)
+    with Phase(name, watched.pid, crowd) as phase:
+        connections = DECIDERS if rate is not None else burst_connections
+        decisions = await decide(decider, tokens["approver"], ids, connections, rate)
         stop.set()
         await crowd.answered(ids, ANSWER_WITHIN)
-    reads = await probes
-    figures = latencies(crowd, ids, decisions)
-    figures |= {"rate": rate, "late_start_ms": ms(decisions.late_start),
-                "plain_read": {"n": len(reads), **spread(reads)}, **phase.figures()}
-    figures["ratio_p99_to_plain_read_p99"] = round(
-        figures["p99_ms"] / figures["plain_read"]["p99_ms"], 2)
-    say_latency("steady", figures)
-    print(f"steady: plain reads meanwhile p50 {figures['plain_read']['p50_ms']} ms, "
-          f"p99 {figures['plain_read']['p99_ms']} ms: waiters' p99 is "
-          f"{figures['ratio_p99_to_plain_read_p99']}x a plain read's; {phase.figures()}",
-          flush=True)
-    return figures
-
-
-async def burst_phase(a: Serve, tokens: dict[str, str], crowd: Crowd,
-                      ids: list[str]) -> dict[str, Any]:
-    with Phase("burst", a.pid) as phase:
-        decisions = await decide(a, tokens["approver"], ids, BURST_CONNECTIONS, None)
-        await crowd.answered(ids, ANSWER_WITHIN)
     figures = latencies(crowd, ids, decisions) | phase.figures()
-    say_latency("burst", figures)
-    print(f"burst: commits spread over {figures.get('commit_span_ms')} ms, the last answer "
-          f"{figures.get('first_commit_to_last_answer_ms')} ms after the first commit; "
-          f"{phase.figures()}", flush=True)
+    figures["server_cpu_ms_per_decision"] = round(phase.server_cpu / len(ids) * 1000, 2)
+    if rate is not None:
+        figures |= {"rate": rate, "late_start_ms": ms(decisions.late_start)}
+    say_latency(name, figures)
+    if rate is not None and decisions.late_start > 1:
+        print(f"{name}: the server did not keep up with {rate:g} decisions/s: some were "
+              f"sent {decisions.late_start:.1f} s after their moment", flush=True)
+    if name == "burst" or rate is None:
+        print(f"{name}: commits spread over {figures.get('commit_span_ms')} ms, the last "
+              f"answer {figures.get('first_commit_to_last_answer_ms')} ms after the first "
+              f"commit", flush=True)
+    if reads is not None:
+        took = await reads
+        figures["plain_read"] = {"n": len(took), **spread(took)}
+        figures["ratio_p99_to_plain_read_p99"] = round(
+            figures["p99_ms"] / figures["plain_read"]["p99_ms"], 2)
+        print(f"{name}: plain reads meanwhile p50 {figures['plain_read']['p50_ms']} ms, "
+              f"p99 {figures['plain_read']['p99_ms']} ms: the waiters' p99 is "
+              f"{figures['ratio_p99_to_plain_read_p99']}x a plain read's", flush=True)
     return figures
 
 
@@ -438,21 +458,62 @@ async def cross_phase(
     crowd = Crowd()
     await open_waiters(a, tokens["viewer"], ids, crowd, http)
     await asyncio.sleep(1)  # every waiter has read its request once
-    with Phase("cross", a.pid) as phase:
-        decisions = await decide(b, tokens["approver"], ids, DECIDERS, args.cross_rate)
-        await crowd.answered(ids, ANSWER_WITHIN)
-    figures = latencies(crowd, ids, decisions) | phase.figures() | {"rate": args.cross_rate}
-    say_latency("cross-replica (waiters on A, decisions on B)", figures)
+    # When each NOTIFY reaches a listener of this process's own: what PostgreSQL's delivery
+    # takes, apart from what replica A does with it.
+    heard: dict[str, float] = {}
+
+    def hear(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        at = time.time()
+        for rid in payload.split(","):
+            heard.setdefault(rid, at)
+
+    listener = await asyncpg.connect(plain_postgres_url(url))
+    try:
+        await listener.add_listener(ENDED_CHANNEL, hear)
+        decider_cpu = process_cpu(b.pid)
+        figures = await decide_phase("cross-replica (waiters on A, decisions on B)", b, a,
+                                     tokens, crowd, random.sample(ids, len(ids)),
+                                     rate=args.cross_rate, probe=ids)
+        figures["decider_cpu_s"] = round(process_cpu(b.pid) - decider_cpu, 2)
+    finally:
+        await listener.close()
+    delivery = [heard[w.rid] - w.decided_at for w in crowd.waiters.values()
+                if w.rid in heard and w.decided_at is not None]
+    figures["notify_heard_here"] = {"n": len(delivery), **spread(delivery)}
+    print(f"cross-replica: NOTIFY heard by a listener here p50 "
+          f"{figures['notify_heard_here']['p50_ms']} ms, p99 "
+          f"{figures['notify_heard_here']['p99_ms']} ms after decided_at", flush=True)
     if crowd.failures:
         figures["waiter_failures"] = dict(crowd.failures)
     return figures, b
 
 
+async def hold_phase(a: Serve, crowd: Crowd, seconds: float) -> dict[str, Any]:
+    """Nothing decided: what keeping the waiters costs, their waits running out and
+    asked again."""
+    with Phase("hold", a.pid, crowd) as phase:
+        await asyncio.sleep(seconds)
+    figures = phase.figures()
+    if figures["reissued"]:
+        figures["server_cpu_ms_per_reissue"] = round(
+            phase.server_cpu / figures["reissued"] * 1000, 2)
+    print(f"hold: nothing decided for {seconds:g} s; {figures['reissued']:,} waits ran out "
+          f"and were asked again; server CPU {figures['server_cpu_s']} s "
+          f"({figures['server_cpu_s'] / seconds:.0%} of a core); load average "
+          f"{figures['load_average']} before", flush=True)
+    return figures
+
+
+def steps(args: argparse.Namespace) -> list[tuple[float, int]]:
+    """The steady phases: (rate, decisions) each."""
+    return [(rate, round(rate * args.seconds)) for rate in args.rates]
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     open_files = raise_open_files(args.waiters + 1000)
-    steady_n = args.waiters - args.burst
     async with scratch_database(args.database_url, "signoff_bench_waiters") as url:
-        with tempfile.TemporaryDirectory(prefix="signoff-bench-waiters-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="signoff-bench-waiters-") as scratch:
+            tmp = args.logs or scratch
             tokens = {role: make_token(url, f"bench-{role}", role)
                       for role in ("requester", "approver", "viewer")}
             a = await start_serve(url, Path(tmp) / "serve-a.log",
@@ -469,16 +530,28 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                           f"{time.perf_counter() - started:.1f} s", flush=True)
                     idle = await settled_memory(a.pid)
                     crowd = Crowd()
-                    with Phase("open", a.pid) as opening:
+                    with Phase("open", a.pid, crowd) as opening:
                         took = await open_waiters(a, tokens["viewer"], ids, crowd, http)
                     waiting = await settled_memory(a.pid)
                     print(f"{args.waiters:,} waiting after {took:.1f} s; server RSS "
                           f"{idle['rss_kb']:,} KB idle, {waiting['rss_kb']:,} KB with them "
                           f"({waiting['fds']:,} descriptors); {opening.figures()}", flush=True)
+                    phases: dict[str, Any] = {}
+                    if args.hold:
+                        phases["hold"] = await hold_phase(a, crowd, args.hold)
                     order = random.sample(ids, len(ids))
-                    steady = await steady_phase(a, tokens, crowd, order[:steady_n], ids,
-                                                args.rate)
-                    burst = await burst_phase(a, tokens, crowd, order[steady_n:])
+                    for rate, n in steps(args):
+                        phases[f"steady_{rate:g}"] = await decide_phase(
+                            f"steady {rate:g}/s", a, a, tokens, crowd, order[:n], rate=rate,
+                            probe=ids)
+                        order = order[n:]
+                    phases["burst"] = await decide_phase(
+                        "burst", a, a, tokens, crowd, order[:args.burst], rate=None,
+                        burst_connections=args.burst_connections)
+                    if order[args.burst:]:
+                        phases["rest"] = await decide_phase(
+                            "rest", a, a, tokens, crowd, order[args.burst:], rate=None,
+                            burst_connections=args.burst_connections)
                     await gauge_reaches(http, a, 0, within=30)
                     after = await settled_memory(a.pid)
                     mem = {"idle": idle, "waiting": waiting, "after": after,
@@ -491,33 +564,39 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                           f"{mem['pss_kb_per_waiter']}); after: {after['rss_kb']:,} KB, "
                           f"{mem['after_over_idle']}x idle, {after['fds']} descriptors "
                           f"({idle['fds']} idle)", flush=True)
-                    cross: dict[str, Any] | None = None
                     if args.cross_waiters:
-                        cross, b = await cross_phase(url, a, Path(tmp), tokens, args, http)
+                        phases["cross_replica"], b = await cross_phase(url, a, Path(tmp),
+                                                                       tokens, args, http)
             finally:
-                a.stop()
-                if b is not None:
-                    b.stop()
+                for serve in (a, b):
+                    if serve is not None and serve.process.poll() is not None:
+                        print(f"signoff serve exited with {serve.process.returncode}: "
+                              f"{serve.log.read_text()[-3000:]}", flush=True)
+                    if serve is not None:
+                        serve.stop()
     figures: dict[str, Any] = {
         "database": "postgresql", "cores": os.cpu_count(), "waiters": args.waiters,
         "pool_size": args.pool_size, "wait_seconds": WAIT_SECONDS,
         "open": {"seconds": round(took, 1), **opening.figures()},
-        "steady": steady, "burst": burst, "memory": mem, "cross_replica": cross,
-        "reissued": crowd.reissued(),
+        **phases, "memory": mem, "reissued": len(crowd.reissued_at),
         "client_cpu_s": round(time.process_time(), 2),
     }
     if crowd.failures:
         figures["waiter_failures"] = dict(crowd.failures)
     print(f"{figures['reissued']:,} waits ran out and were asked again; this process used "
-          f"{figures['client_cpu_s']} s of CPU; load average {load_average()} at the end",
-          flush=True)
+          f"{figures['client_cpu_s']} s of CPU in all; load average {load_average()} at the "
+          f"end", flush=True)
     return figures
 
 
 def failed(figures: dict[str, Any]) -> bool:
-    phases = [figures["steady"], figures["burst"], figures["cross_replica"] or {}]
+    phases = [v for v in figures.values() if isinstance(v, dict) and "decide" in v]
     return bool(figures.get("waiter_failures") or any(
         p.get("unanswered") or p.get("failures") or p.get("waiter_failures") for p in phases))
+
+
+def rates(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def main() -> None:
@@ -527,22 +606,37 @@ def main() -> None:
                              "beside it and dropped at the end)")
     parser.add_argument("--waiters", type=int, default=10_000,
                         help="pending requests, each with one long-poll waiter")
+    parser.add_argument("--rates", type=rates, default=[50.0, 100.0, 200.0, 300.0],
+                        help="steady decisions per second, one phase each "
+                             "(default 50,100,200,300)")
+    parser.add_argument("--seconds", type=float, default=10, help="of each steady phase")
     parser.add_argument("--burst", type=int, default=1000,
-                        help="of them, decided at once at the end (the rest at --rate)")
-    parser.add_argument("--rate", type=float, default=300, help="steady decisions per second")
+                        help="decisions at once after the steady phases (what is left after "
+                             "them is decided at once too, as a last phase)")
+    parser.add_argument("--burst-connections", type=int, default=BURST_CONNECTIONS,
+                        help="the approver's connections in the burst")
+    parser.add_argument("--hold", type=float, default=60,
+                        help="seconds with every waiter waiting and nothing decided, before "
+                             "the steady phases (0: none)")
     parser.add_argument("--cross-waiters", type=int, default=1000,
                         help="waiters on replica A for decisions on replica B (0: skip)")
-    parser.add_argument("--cross-rate", type=float, default=200,
+    parser.add_argument("--cross-rate", type=float, default=100,
                         help="decisions per second on replica B")
     parser.add_argument("--pool-size", type=int, default=10,
                         help="SIGNOFF_DB_POOL_SIZE of each server (default: its own default)")
+    parser.add_argument("--logs", metavar="DIR",
+                        help="keep the servers' logs as DIR/serve-a.log and DIR/serve-b.log")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     if not Settings(database_url=args.database_url).is_postgres:
         raise SystemExit("bench/waiters.py measures signoff on PostgreSQL: give a "
                          "postgresql:// URL")
-    if not 0 < args.burst < args.waiters:
-        raise SystemExit("--burst must be at least 1 and fewer than --waiters")
+    planned = sum(n for _, n in steps(args)) + args.burst
+    if args.burst < 1 or planned > args.waiters:
+        raise SystemExit(f"the steady phases and the burst decide {planned:,} requests: give "
+                         f"at least as many --waiters, and a --burst of 1 or more")
+    if args.logs:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
     random.seed(args.seed)
     try:
         import uvloop
