@@ -1,17 +1,20 @@
 """How soon are long-poll waiters answered, and what do 10,000 of them cost a server?
 
     python bench/waiters.py --database-url postgresql://user@host:port/db [--waiters 10000]
-                            [--hold 60] [--rates 50,100,200,300] [--seconds 10]
-                            [--burst 1000] [--burst-connections 50] [--cross-waiters 1000]
-                            [--cross-rate 100] [--pool-size 10] [--logs DIR]
+                            [--open-seconds 60] [--hold 60] [--rates 50,100,200,300]
+                            [--seconds 10] [--burst 1000] [--burst-connections 50]
+                            [--cross-waiters 1000] [--cross-rate 100] [--pool-size 10]
+                            [--logs DIR]
 
 On a scratch database beside the given one (dropped at the end), starts ``signoff serve``
 (replica A, ``SIGNOFF_DB_POOL_SIZE`` ``--pool-size``, by default the server's own default)
 and creates ``--waiters`` pending requests with an hour to live. Then one waiter per
 request: a connection of its own that asks ``GET /api/v1/approvals/{id}?wait=60``, asks
 again whenever the answer is still ``pending``, and closes once answered. The waiters are
-opened as fast as the server registers them (at most 1,000 ahead of its
-``signoff_long_poll_waiters`` gauge), until the gauge counts them all. Phases:
+opened evenly over ``--open-seconds`` (60), so that their waits run out as evenly as they
+would in service (10,000 waiters: 167 a second), and no faster than the server registers
+them (at most 1,000 ahead of its ``signoff_long_poll_waiters`` gauge), until the gauge
+counts them all. Phases:
 
 - **hold**: ``--hold`` seconds with nothing decided: what keeping the waiters costs the
   server's CPU, each wait that runs out (after 60 s) being asked again.
@@ -36,8 +39,12 @@ commit, the wake, the waiter's read of the request and the answer's trip. Also r
 the time from the decider's own answer (received after the commit) to the waiter's; for a
 burst, the span from its first commit to its last answer. For each phase: p50/p99/max,
 the decisions per second achieved, the machine's load average before it, the CPU time that
-the server and this process spent in it (everything shares the same cores), and how many
-waits ran out and were asked again meanwhile.
+the server and this process spent in it (everything shares the same cores), how many
+waits ran out and were asked again meanwhile, and how the server's pooled connections
+spent the phase, on average (``pg_stat_activity``, ten times a second: ``active``,
+PostgreSQL at work; ``idle in transaction``, waiting for the server's next statement;
+``idle``, free in the pool). A phase whose decisions fail 50 times stops there, and the
+phases after it are not run.
 
 Memory: replica A's resident set (``VmRSS``, and ``Pss`` from ``smaps_rollup``) and its
 open file descriptors, read once the resident set stops moving: idle, after the requests
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -63,11 +71,11 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -88,6 +96,7 @@ from api import (
 from signoff.settings import Settings
 from signoff.store import ENDED_CHANNEL
 
+T = TypeVar("T")
 TTL_SECONDS = 3600  # nothing expires while the benchmark runs
 WAIT_SECONDS = 60  # the longest wait the API allows
 AHEAD_OF_GAUGE = 1000  # waiters opened but not yet registered by the server, at most
@@ -95,6 +104,7 @@ DECIDERS = 8  # the approver's keep-alive connections at a steady rate
 BURST_CONNECTIONS = 50
 PROBES, PROBE_INTERVAL = 2, 0.1  # the baseline's connections, and the pause between reads
 ANSWER_WITHIN = 30.0  # seconds after the last decision for every waiter to be answered
+GIVE_UP_AFTER = 50  # failed decisions in a phase: the server is failing, stop sending
 GAUGE = re.compile(rb"^signoff_long_poll_waiters (\S+)$", re.MULTILINE)
 
 
@@ -183,15 +193,18 @@ async def gauge_reaches(http: httpx.AsyncClient, serve: Serve, target: int,
 
 
 async def open_waiters(serve: Serve, token: str, ids: list[str], crowd: Crowd,
-                       http: httpx.AsyncClient) -> float:
-    """A waiter for each of ``ids``, opened no faster than the server registers them;
-    returns once the gauge counts them all, with the seconds it took."""
+                       http: httpx.AsyncClient, over: float = 0) -> float:
+    """A waiter for each of ``ids``, spread evenly over ``over`` seconds at least, and
+    opened no faster than the server registers them; returns once the gauge counts them
+    all, with the seconds it took."""
     started = time.perf_counter()
     base = serve.url + "/api/v1"
     before = await gauge(http, serve)
     for i, rid in enumerate(ids):
-        if i % 200 == 0 and i > AHEAD_OF_GAUGE:
-            await gauge_reaches(http, serve, before + i - AHEAD_OF_GAUGE, at_least=True)
+        if i % 100 == 0:
+            if i > AHEAD_OF_GAUGE:
+                await gauge_reaches(http, serve, before + i - AHEAD_OF_GAUGE, at_least=True)
+            await asyncio.sleep(max(0.0, started + over * i / len(ids) - time.perf_counter()))
         waiter = crowd.waiters[rid] = Waiter(rid)
         crowd.tasks[rid] = asyncio.create_task(wait_for(base, token, waiter, crowd))
     await gauge_reaches(http, serve, before + len(ids))
@@ -231,6 +244,7 @@ class Decisions:
     late_start: float = 0.0  # the most a decision was sent after its scheduled moment
     failures: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    gave_up: bool = False  # the server failed too many: the rest were not sent
 
 
 async def decide(serve: Serve, token: str, ids: list[str], connections: int,
@@ -244,6 +258,8 @@ async def decide(serve: Serve, token: str, ids: list[str], connections: int,
 
     async def worker() -> None:
         for i, rid in work:
+            if out.gave_up:
+                return
             if rate is not None:
                 delay = start + i / rate - time.perf_counter()
                 if delay > 0:
@@ -259,6 +275,9 @@ async def decide(serve: Serve, token: str, ids: list[str], connections: int,
             else:
                 key = f"{verb} {answer.status_code}"
                 out.failures[key] = out.failures.get(key, 0) + 1
+                if sum(out.failures.values()) >= GIVE_UP_AFTER:
+                    out.gave_up = True
+                    return
 
     try:
         await asyncio.gather(*(worker() for _ in range(connections)))
@@ -300,14 +319,47 @@ def spread(values: list[float]) -> dict[str, float]:
             "max_ms": ms(max(values)) if values else float("nan")}
 
 
+class PoolWatch:
+    """How the servers' pooled connections spend their time, from ``pg_stat_activity``
+    ten times a second: ``active`` (PostgreSQL is working), ``idle in transaction`` (it
+    waits for the server's next statement), ``idle`` (in the pool, free)."""
+
+    QUERY = """
+    SELECT coalesce(state, 'unknown') AS state, count(*) AS n FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name = 'signoff' GROUP BY 1
+    """
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, dict[str, int]]] = []
+
+    async def run(self, dsn: str, stop: asyncio.Event) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            while not stop.is_set():
+                rows = await conn.fetch(self.QUERY)
+                self.samples.append((time.perf_counter(), {r["state"]: r["n"] for r in rows}))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.1)
+        finally:
+            await conn.close()
+
+    def between(self, began: float, ended: float) -> dict[str, float]:
+        """The mean number of connections in each state."""
+        window = [states for at, states in self.samples if began <= at < ended]
+        names = sorted({name for states in window for name in states})
+        return {name: round(sum(states.get(name, 0) for states in window) / len(window), 1)
+                for name in names}
+
+
 @dataclass
 class Phase:
-    """The load average before a phase, the CPU time spent in it, and how many waits ran
-    out (and were asked again) meanwhile."""
+    """The load average before a phase, the CPU time spent in it, how many waits ran out
+    (and were asked again) meanwhile, and the server's pooled connections."""
 
     name: str
     server_pid: int
     crowd: Crowd
+    watch: PoolWatch
     load_average: float = 0.0
     began: float = 0.0
     ended: float = 0.0
@@ -326,12 +378,14 @@ class Phase:
         self.client_cpu = time.process_time() - self.client_cpu
         self.ended = time.perf_counter()
 
-    def figures(self) -> dict[str, float]:
+    def figures(self) -> dict[str, Any]:
         reissued = sum(1 for t in self.crowd.reissued_at if self.began <= t < self.ended)
-        return {"load_average": self.load_average,
-                "seconds": round(self.ended - self.began, 1),
+        seconds = self.ended - self.began
+        return {"load_average": self.load_average, "seconds": round(seconds, 1),
                 "server_cpu_s": round(self.server_cpu, 2),
-                "client_cpu_s": round(self.client_cpu, 2), "reissued": reissued}
+                "server_cpu_share": round(self.server_cpu / seconds, 2),
+                "client_cpu_s": round(self.client_cpu, 2), "reissued": reissued,
+                "pool": self.watch.between(self.began, self.ended)}
 
 
 def latencies(crowd: Crowd, ids: list[str], decisions: Decisions) -> dict[str, Any]:
@@ -358,6 +412,8 @@ def latencies(crowd: Crowd, ids: list[str], decisions: Decisions) -> dict[str, A
         out["unanswered"] = unanswered
     if decisions.failures:
         out["failures"] = dict(decisions.failures)
+    if decisions.gave_up:
+        out["gave_up"] = True
     return out
 
 
@@ -400,108 +456,202 @@ def raise_open_files(needed: int) -> int:
 # -- the run ------------------------------------------------------------------------------
 
 
-def say_latency(name: str, figures: dict[str, Any]) -> None:
+class ServerFailing(Exception):
+    """A phase's decisions failed again and again: the phases after it are not run."""
+
+
+def say(name: str, figures: dict[str, Any]) -> None:
     print(f"{name}: {figures['n']:,} waiters answered p50 {figures['p50_ms']} ms, "
           f"p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms after decided_at; "
           f"{figures['decisions_per_s']:,} decisions/s (decide p99 "
-          f"{figures['decide']['p99_ms']} ms); load average {figures['load_average']} "
-          f"before; CPU: server {figures['server_cpu_s']} s "
-          f"({figures['server_cpu_ms_per_decision']} ms per decision), this process "
-          f"{figures['client_cpu_s']} s", flush=True)
+          f"{figures['decide']['p99_ms']} ms)", flush=True)
+    say_costs(name, figures)
 
 
-async def decide_phase(
-    name: str, decider: Serve, watched: Serve, tokens: dict[str, str], crowd: Crowd,
-    ids: list[str], *, rate: float | None, probe: list[str] | None = None,
-    burst_connections: int = BURST_CONNECTIONS,
-) -> dict[str, Any]:
-    """Decide ``ids`` through ``decider`` (at ``rate``, or at once) and wait for their
-    waiters, on ``watched``, to be answered; with plain reads of ``probe`` meanwhile."""
-    stop = asyncio.Event()
-    reads = (asyncio.create_task(probe_reads(watched, tokens["viewer"], probe, stop))
-             if probe else None)
-    with Phase(name, watched.pid, crowd) as phase:
-        connections = DECIDERS if rate is not None else burst_connections
-        decisions = await decide(decider, tokens["approver"], ids, connections, rate)
-        stop.set()
-        await crowd.answered(ids, ANSWER_WITHIN)
-    figures = latencies(crowd, ids, decisions) | phase.figures()
-    figures["server_cpu_ms_per_decision"] = round(phase.server_cpu / len(ids) * 1000, 2)
-    if rate is not None:
-        figures |= {"rate": rate, "late_start_ms": ms(decisions.late_start)}
-    say_latency(name, figures)
-    if rate is not None and decisions.late_start > 1:
-        print(f"{name}: the server did not keep up with {rate:g} decisions/s: some were "
-              f"sent {decisions.late_start:.1f} s after their moment", flush=True)
-    if name == "burst" or rate is None:
-        print(f"{name}: commits spread over {figures.get('commit_span_ms')} ms, the last "
-              f"answer {figures.get('first_commit_to_last_answer_ms')} ms after the first "
-              f"commit", flush=True)
-    if reads is not None:
-        took = await reads
-        figures["plain_read"] = {"n": len(took), **spread(took)}
-        figures["ratio_p99_to_plain_read_p99"] = round(
-            figures["p99_ms"] / figures["plain_read"]["p99_ms"], 2)
-        print(f"{name}: plain reads meanwhile p50 {figures['plain_read']['p50_ms']} ms, "
-              f"p99 {figures['plain_read']['p99_ms']} ms: the waiters' p99 is "
-              f"{figures['ratio_p99_to_plain_read_p99']}x a plain read's", flush=True)
-    return figures
+def say_costs(name: str, figures: dict[str, Any]) -> None:
+    print(f"{name}: load average {figures['load_average']} before; "
+          f"{figures['seconds']} s; server CPU {figures['server_cpu_s']} s "
+          f"({figures['server_cpu_share']:.0%} of a core), this process "
+          f"{figures['client_cpu_s']} s; {figures['reissued']:,} waits ran out and were "
+          f"asked again; the pool's connections on average {figures['pool']}", flush=True)
 
 
-async def cross_phase(
-    url: str, a: Serve, tmp: Path, tokens: dict[str, str], args: argparse.Namespace,
-    http: httpx.AsyncClient,
-) -> tuple[dict[str, Any], Serve]:
-    b = spawn_serve(url, tmp / "serve-b.log", SIGNOFF_DB_POOL_SIZE=str(args.pool_size))
-    await wait_ready(b)
-    ids = await create_requests(a, tokens["requester"], args.cross_waiters)
-    crowd = Crowd()
-    await open_waiters(a, tokens["viewer"], ids, crowd, http)
-    await asyncio.sleep(1)  # every waiter has read its request once
-    # When each NOTIFY reaches a listener of this process's own: what PostgreSQL's delivery
-    # takes, apart from what replica A does with it.
-    heard: dict[str, float] = {}
+@dataclass
+class Run:
+    """One run: the scratch database, replica A (B for the cross-replica phase), the
+    tokens, the waiters."""
 
-    def hear(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        at = time.time()
-        for rid in payload.split(","):
-            heard.setdefault(rid, at)
+    args: argparse.Namespace
+    url: str
+    logs: Path
+    a: Serve
+    tokens: dict[str, str]
+    http: httpx.AsyncClient
+    watch: PoolWatch
+    crowd: Crowd = field(default_factory=Crowd)
+    b: Serve | None = None
 
-    listener = await asyncpg.connect(plain_postgres_url(url))
-    try:
-        await listener.add_listener(ENDED_CHANNEL, hear)
-        decider_cpu = process_cpu(b.pid)
-        figures = await decide_phase("cross-replica (waiters on A, decisions on B)", b, a,
-                                     tokens, crowd, random.sample(ids, len(ids)),
-                                     rate=args.cross_rate, probe=ids)
-        figures["decider_cpu_s"] = round(process_cpu(b.pid) - decider_cpu, 2)
-    finally:
-        await listener.close()
-    delivery = [heard[w.rid] - w.decided_at for w in crowd.waiters.values()
-                if w.rid in heard and w.decided_at is not None]
-    figures["notify_heard_here"] = {"n": len(delivery), **spread(delivery)}
-    print(f"cross-replica: NOTIFY heard by a listener here p50 "
-          f"{figures['notify_heard_here']['p50_ms']} ms, p99 "
-          f"{figures['notify_heard_here']['p99_ms']} ms after decided_at", flush=True)
-    if crowd.failures:
-        figures["waiter_failures"] = dict(crowd.failures)
-    return figures, b
+    def phase(self, name: str, crowd: Crowd | None = None) -> Phase:
+        return Phase(name, self.a.pid, crowd or self.crowd, self.watch)
 
+    async def with_plain_reads(self, ids: list[str], work: Awaitable[T]) -> tuple[T, list[float]]:
+        """``work``'s result, and the round trips of plain reads of ``ids`` meanwhile."""
+        stop = asyncio.Event()
+        reads = asyncio.create_task(probe_reads(self.a, self.tokens["viewer"], ids, stop))
+        try:
+            result = await work
+        finally:
+            stop.set()
+        return result, await reads
 
-async def hold_phase(a: Serve, crowd: Crowd, seconds: float) -> dict[str, Any]:
-    """Nothing decided: what keeping the waiters costs, their waits running out and
-    asked again."""
-    with Phase("hold", a.pid, crowd) as phase:
-        await asyncio.sleep(seconds)
-    figures = phase.figures()
-    if figures["reissued"]:
-        figures["server_cpu_ms_per_reissue"] = round(
-            phase.server_cpu / figures["reissued"] * 1000, 2)
-    print(f"hold: nothing decided for {seconds:g} s; {figures['reissued']:,} waits ran out "
-          f"and were asked again; server CPU {figures['server_cpu_s']} s "
-          f"({figures['server_cpu_s'] / seconds:.0%} of a core); load average "
-          f"{figures['load_average']} before", flush=True)
-    return figures
+    async def hold(self, ids: list[str]) -> dict[str, Any]:
+        """Nothing decided: what keeping the waiters costs, their waits running out."""
+        with self.phase("hold") as phase:
+            _, reads = await self.with_plain_reads(ids, asyncio.sleep(self.args.hold))
+        figures = phase.figures() | {"plain_read": {"n": len(reads), **spread(reads)}}
+        if figures["reissued"]:
+            figures["server_cpu_ms_per_reissue"] = round(
+                phase.server_cpu / figures["reissued"] * 1000, 2)
+        print(f"hold: nothing decided for {self.args.hold:g} s; plain reads meanwhile p50 "
+              f"{figures['plain_read']['p50_ms']} ms, p99 {figures['plain_read']['p99_ms']} "
+              f"ms", flush=True)
+        say_costs("hold", figures)
+        return figures
+
+    async def decide(
+        self, name: str, ids: list[str], *, rate: float | None, probe: list[str] | None = None,
+        decider: Serve | None = None, crowd: Crowd | None = None,
+    ) -> dict[str, Any]:
+        """Decide ``ids`` (at ``rate``, or at once) through ``decider`` (A by default) and
+        wait for their waiters to be answered; with plain reads of ``probe`` meanwhile."""
+        crowd = crowd or self.crowd
+        connections = DECIDERS if rate is not None else self.args.burst_connections
+
+        async def deciding() -> Decisions:
+            decisions = await decide(decider or self.a, self.tokens["approver"], ids,
+                                     connections, rate)
+            if not decisions.gave_up:
+                await crowd.answered(ids, ANSWER_WITHIN)
+            return decisions
+
+        with self.phase(name, crowd) as phase:
+            if probe:
+                decisions, reads = await self.with_plain_reads(probe, deciding())
+            else:
+                decisions, reads = await deciding(), []
+        figures = latencies(crowd, ids, decisions) | phase.figures()
+        figures["server_cpu_ms_per_decision"] = round(phase.server_cpu / len(ids) * 1000, 2)
+        if rate is not None:
+            figures |= {"rate": rate, "late_start_ms": ms(decisions.late_start)}
+        say(name, figures)
+        if rate is not None and decisions.late_start > 1:
+            print(f"{name}: the server did not keep up with {rate:g} decisions/s: some were "
+                  f"sent {decisions.late_start:.1f} s after their moment", flush=True)
+        if rate is None:
+            print(f"{name}: commits spread over {figures.get('commit_span_ms')} ms, the last "
+                  f"answer {figures.get('first_commit_to_last_answer_ms')} ms after the "
+                  f"first commit", flush=True)
+        if reads:
+            figures["plain_read"] = {"n": len(reads), **spread(reads)}
+            figures["ratio_p99_to_plain_read_p99"] = round(
+                figures["p99_ms"] / figures["plain_read"]["p99_ms"], 2)
+            print(f"{name}: plain reads meanwhile p50 {figures['plain_read']['p50_ms']} ms, "
+                  f"p99 {figures['plain_read']['p99_ms']} ms: the waiters' p99 is "
+                  f"{figures['ratio_p99_to_plain_read_p99']}x a plain read's", flush=True)
+        if decisions.gave_up:
+            print(f"{name}: {GIVE_UP_AFTER} decisions failed ({decisions.failures}); "
+                  f"the phases after this one are not run", flush=True)
+        return figures
+
+    async def cross(self) -> dict[str, Any]:
+        """Waiters on A, decisions through B: each woken by ``NOTIFY signoff_ended``."""
+        self.b = spawn_serve(self.url, self.logs / "serve-b.log",
+                             SIGNOFF_DB_POOL_SIZE=str(self.args.pool_size))
+        await wait_ready(self.b)
+        ids = await create_requests(self.a, self.tokens["requester"], self.args.cross_waiters)
+        crowd = Crowd()
+        await open_waiters(self.a, self.tokens["viewer"], ids, crowd, self.http)
+        await asyncio.sleep(1)  # every waiter has read its request once
+        # When each NOTIFY reaches a listener of this process's own: what PostgreSQL's
+        # delivery takes, apart from what replica A does with it.
+        heard: dict[str, float] = {}
+
+        def hear(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            at = time.time()
+            for rid in payload.split(","):
+                heard.setdefault(rid, at)
+
+        listener = await asyncpg.connect(plain_postgres_url(self.url))
+        try:
+            await listener.add_listener(ENDED_CHANNEL, hear)
+            decider_cpu = process_cpu(self.b.pid)
+            figures = await self.decide(
+                "cross-replica", random.sample(ids, len(ids)), rate=self.args.cross_rate,
+                probe=ids, decider=self.b, crowd=crowd)
+            figures["decider_cpu_s"] = round(process_cpu(self.b.pid) - decider_cpu, 2)
+        finally:
+            await listener.close()
+        delivery = [heard[w.rid] - w.decided_at for w in crowd.waiters.values()
+                    if w.rid in heard and w.decided_at is not None]
+        figures["notify_heard_here"] = {"n": len(delivery), **spread(delivery)}
+        print(f"cross-replica: NOTIFY heard by a listener here p50 "
+              f"{figures['notify_heard_here']['p50_ms']} ms, p99 "
+              f"{figures['notify_heard_here']['p99_ms']} ms after decided_at", flush=True)
+        if crowd.failures:
+            figures["waiter_failures"] = dict(crowd.failures)
+        return figures
+
+    async def main_phases(self, phases: dict[str, Any], mem: dict[str, Any]) -> None:
+        """Every phase on replica A; figures into ``phases`` and memory readings into
+        ``mem`` as they come."""
+        args, a = self.args, self.a
+        started = time.perf_counter()
+        ids = await create_requests(a, self.tokens["requester"], args.waiters)
+        print(f"created {len(ids):,} requests in {time.perf_counter() - started:.1f} s",
+              flush=True)
+        mem["idle"] = idle = await settled_memory(a.pid)
+        with self.phase("open") as opening:
+            await open_waiters(a, self.tokens["viewer"], ids, self.crowd, self.http,
+                               args.open_seconds)
+        phases["open"] = opening.figures()
+        mem["waiting"] = waiting = await settled_memory(a.pid)
+        mem["kb_per_waiter"] = round((waiting["rss_kb"] - idle["rss_kb"]) / args.waiters, 2)
+        mem["pss_kb_per_waiter"] = round((waiting["pss_kb"] - idle["pss_kb"]) / args.waiters, 2)
+        print(f"{args.waiters:,} waiting after {phases['open']['seconds']} s; server RSS "
+              f"{idle['rss_kb']:,} KB idle, {waiting['rss_kb']:,} KB with them "
+              f"({waiting['fds']:,} descriptors): {mem['kb_per_waiter']} KB per waiter (Pss "
+              f"{mem['pss_kb_per_waiter']})", flush=True)
+        say_costs("open", phases["open"])
+        if args.hold:
+            phases["hold"] = await self.hold(ids)
+        order = random.sample(ids, len(ids))
+        for rate, n in steps(args):
+            name = f"steady_{rate:g}"
+            phases[name] = await self.decide(name, order[:n], rate=rate, probe=ids)
+            order = order[n:]
+            if phases[name].get("gave_up"):
+                raise ServerFailing(name)
+        phases["burst"] = await self.decide("burst", order[:args.burst], rate=None)
+        if phases["burst"].get("gave_up"):
+            raise ServerFailing("burst")
+        if order[args.burst:]:
+            phases["rest"] = await self.decide("rest", order[args.burst:], rate=None)
+
+    async def after(self, mem: dict[str, Any]) -> None:
+        """Every waiter answered (or given up) and its connection closed: memory again."""
+        for task in self.crowd.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.crowd.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(SystemExit):
+            await gauge_reaches(self.http, self.a, 0, within=30)
+        mem["gauge_after"] = await gauge(self.http, self.a)
+        mem["after"] = after = await settled_memory(self.a.pid)
+        idle = mem.get("idle")
+        if idle is not None:
+            mem["after_over_idle"] = round(after["rss_kb"] / idle["rss_kb"], 3)
+        print(f"memory after: {after['rss_kb']:,} KB, {mem.get('after_over_idle')}x idle; "
+              f"{after['fds']} descriptors ({idle and idle['fds']} idle); the gauge says "
+              f"{mem['gauge_after']}", flush=True)
 
 
 def steps(args: argparse.Namespace) -> list[tuple[float, int]]:
@@ -511,75 +661,46 @@ def steps(args: argparse.Namespace) -> list[tuple[float, int]]:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     open_files = raise_open_files(args.waiters + 1000)
+    phases: dict[str, Any] = {}
+    mem: dict[str, Any] = {}
     async with scratch_database(args.database_url, "signoff_bench_waiters") as url:
         with tempfile.TemporaryDirectory(prefix="signoff-bench-waiters-") as scratch:
-            tmp = args.logs or scratch
+            logs = Path(args.logs or scratch)
             tokens = {role: make_token(url, f"bench-{role}", role)
                       for role in ("requester", "approver", "viewer")}
-            a = await start_serve(url, Path(tmp) / "serve-a.log",
+            a = await start_serve(url, logs / "serve-a.log",
                                   SIGNOFF_DB_POOL_SIZE=str(args.pool_size))
-            b: Serve | None = None
+            stop = asyncio.Event()
+            watch = PoolWatch()
+            watching = asyncio.create_task(watch.run(plain_postgres_url(url), stop))
+            run: Run | None = None
             try:
                 async with httpx.AsyncClient(timeout=30) as http:
+                    run = Run(args, url, logs, a, tokens, http, watch)
                     print(f"{args.waiters:,} waiters on one signoff serve (pool of "
                           f"{args.pool_size}), PostgreSQL, {os.cpu_count()} cores, "
                           f"{open_files} open files; load average {load_average()}", flush=True)
-                    started = time.perf_counter()
-                    ids = await create_requests(a, tokens["requester"], args.waiters)
-                    print(f"created {len(ids):,} requests in "
-                          f"{time.perf_counter() - started:.1f} s", flush=True)
-                    idle = await settled_memory(a.pid)
-                    crowd = Crowd()
-                    with Phase("open", a.pid, crowd) as opening:
-                        took = await open_waiters(a, tokens["viewer"], ids, crowd, http)
-                    waiting = await settled_memory(a.pid)
-                    print(f"{args.waiters:,} waiting after {took:.1f} s; server RSS "
-                          f"{idle['rss_kb']:,} KB idle, {waiting['rss_kb']:,} KB with them "
-                          f"({waiting['fds']:,} descriptors); {opening.figures()}", flush=True)
-                    phases: dict[str, Any] = {}
-                    if args.hold:
-                        phases["hold"] = await hold_phase(a, crowd, args.hold)
-                    order = random.sample(ids, len(ids))
-                    for rate, n in steps(args):
-                        phases[f"steady_{rate:g}"] = await decide_phase(
-                            f"steady {rate:g}/s", a, a, tokens, crowd, order[:n], rate=rate,
-                            probe=ids)
-                        order = order[n:]
-                    phases["burst"] = await decide_phase(
-                        "burst", a, a, tokens, crowd, order[:args.burst], rate=None,
-                        burst_connections=args.burst_connections)
-                    if order[args.burst:]:
-                        phases["rest"] = await decide_phase(
-                            "rest", a, a, tokens, crowd, order[args.burst:], rate=None,
-                            burst_connections=args.burst_connections)
-                    await gauge_reaches(http, a, 0, within=30)
-                    after = await settled_memory(a.pid)
-                    mem = {"idle": idle, "waiting": waiting, "after": after,
-                           "kb_per_waiter": round(
-                               (waiting["rss_kb"] - idle["rss_kb"]) / args.waiters, 2),
-                           "pss_kb_per_waiter": round(
-                               (waiting["pss_kb"] - idle["pss_kb"]) / args.waiters, 2),
-                           "after_over_idle": round(after["rss_kb"] / idle["rss_kb"], 3)}
-                    print(f"memory: {mem['kb_per_waiter']} KB per waiter (RSS; Pss "
-                          f"{mem['pss_kb_per_waiter']}); after: {after['rss_kb']:,} KB, "
-                          f"{mem['after_over_idle']}x idle, {after['fds']} descriptors "
-                          f"({idle['fds']} idle)", flush=True)
-                    if args.cross_waiters:
-                        phases["cross_replica"], b = await cross_phase(url, a, Path(tmp),
-                                                                       tokens, args, http)
+                    try:
+                        await run.main_phases(phases, mem)
+                    except ServerFailing as failing:
+                        phases["failed_in"] = str(failing)
+                    await run.after(mem)
+                    if args.cross_waiters and "failed_in" not in phases:
+                        phases["cross_replica"] = await run.cross()
             finally:
-                for serve in (a, b):
+                stop.set()
+                await watching
+                for serve in (a, run.b if run is not None else None):
                     if serve is not None and serve.process.poll() is not None:
                         print(f"signoff serve exited with {serve.process.returncode}: "
                               f"{serve.log.read_text()[-3000:]}", flush=True)
                     if serve is not None:
                         serve.stop()
+    crowd = run.crowd
     figures: dict[str, Any] = {
         "database": "postgresql", "cores": os.cpu_count(), "waiters": args.waiters,
-        "pool_size": args.pool_size, "wait_seconds": WAIT_SECONDS,
-        "open": {"seconds": round(took, 1), **opening.figures()},
-        **phases, "memory": mem, "reissued": len(crowd.reissued_at),
-        "client_cpu_s": round(time.process_time(), 2),
+        "pool_size": args.pool_size, "wait_seconds": WAIT_SECONDS, **phases, "memory": mem,
+        "reissued": len(crowd.reissued_at), "client_cpu_s": round(time.process_time(), 2),
     }
     if crowd.failures:
         figures["waiter_failures"] = dict(crowd.failures)
@@ -591,7 +712,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def failed(figures: dict[str, Any]) -> bool:
     phases = [v for v in figures.values() if isinstance(v, dict) and "decide" in v]
-    return bool(figures.get("waiter_failures") or any(
+    return bool(figures.get("failed_in") or figures.get("waiter_failures") or any(
         p.get("unanswered") or p.get("failures") or p.get("waiter_failures") for p in phases))
 
 
@@ -615,6 +736,9 @@ def main() -> None:
                              "them is decided at once too, as a last phase)")
     parser.add_argument("--burst-connections", type=int, default=BURST_CONNECTIONS,
                         help="the approver's connections in the burst")
+    parser.add_argument("--open-seconds", type=float, default=60,
+                        help="spread the opening of the waiters over this long at least, so "
+                             "that their waits run out as evenly as they would in service")
     parser.add_argument("--hold", type=float, default=60,
                         help="seconds with every waiter waiting and nothing decided, before "
                              "the steady phases (0: none)")
