@@ -286,7 +286,8 @@ class LeanClient:
 
     async def send(self, method: str, path: str, body: bytes = b"") -> Answer:
         """One call; a kept-alive connection the server has closed meanwhile is replaced
-        and the call sent again on a new one."""
+        and the call sent again on a new one. A call cancelled midway closes its
+        connection: the server then sees the client go."""
         head = (f"{method} {self.prefix}{path} HTTP/1.1\r\n{self.headers}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         while True:
@@ -301,6 +302,9 @@ class LeanClient:
                 writer.close()
                 if not reused:  # a new connection that fails is the server's failure
                     raise
+            except BaseException:
+                writer.close()
+                raise
         status_line, _, headers = answer.partition(b"\r\n")
         length, close = 0, False
         for line in headers.split(b"\r\n"):
@@ -310,7 +314,11 @@ class LeanClient:
                 length = int(value)
             elif name == b"connection" and value.strip().lower() == b"close":
                 close = True
-        content = await reader.readexactly(length)
+        try:
+            content = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
         if close:
             writer.close()
         else:
