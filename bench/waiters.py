@@ -4,7 +4,7 @@
                             [--open-seconds 60] [--hold 60] [--rates 50,100,200,300]
                             [--seconds 10] [--burst 1000] [--burst-connections 50]
                             [--cross-waiters 1000] [--cross-rate 100] [--pool-size 10]
-                            [--logs DIR]
+                            [--probe] [--logs DIR]
 
 On a scratch database beside the given one (dropped at the end), starts ``signoff serve``
 (replica A, ``SIGNOFF_DB_POOL_SIZE`` ``--pool-size``, by default the server's own default)
@@ -50,7 +50,10 @@ Memory: replica A's resident set (``VmRSS``, and ``Pss`` from ``smaps_rollup``) 
 open file descriptors, read once the resident set stops moving: idle, after the requests
 are created and before any waiter; with every waiter registered; and after every waiter is
 answered and its connection closed. Reported: KB per waiter, ``(with - idle) / waiters``,
-and ``after / idle``.
+and ``after / idle``. With ``--probe``, replica A runs under ``bench/memprobe.py`` (see
+``bench/soak.py``) and each reading adds its heap: Python's allocated blocks, glibc's heap
+in use and free, and, at the end, the resident set after ``malloc_trim(0)``; so memory
+not given back can be told apart from objects still alive.
 
 This process raises its soft limit on open files to the hard limit (the servers inherit
 it): ``--waiters`` connections here and as many in the server. It runs on uvloop when it
@@ -68,6 +71,7 @@ import os
 import random
 import re
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -89,9 +93,9 @@ from api import (
     quantile,
     scratch_database,
     spawn_serve,
-    start_serve,
     wait_ready,
 )
+from soak import spawn_replica
 
 from signoff.settings import Settings
 from signoff.store import ENDED_CHANNEL
@@ -453,6 +457,32 @@ def raise_open_files(needed: int) -> int:
     return int(soft)
 
 
+class HeapProbe:
+    """Readings of replica A's heap, when it runs under ``bench/memprobe.py``: SIGUSR2 asks
+    for one line, SIGUSR1 for one before and one after ``malloc_trim(0)``."""
+
+    KEEP = ("note", "rss_mb", "blocks", "gc_objects", "heap_used_mb", "heap_free_mb",
+            "mmap_mb", "pyarenas_mb", "pyblocks_mb")
+
+    def __init__(self, path: Path, pid: int) -> None:
+        self.path, self.pid = path, pid
+
+    def lines(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    async def ask(self, signum: int, count: int) -> list[dict[str, Any]]:
+        seen = len(self.lines())
+        os.kill(self.pid, signum)
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            got = self.lines()[seen:]
+            if len(got) >= count:
+                return [{k: line[k] for k in self.KEEP if k in line} for line in got]
+        raise SystemExit("the memory probe did not answer within 30 s")
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -490,6 +520,18 @@ class Run:
     watch: PoolWatch
     crowd: Crowd = field(default_factory=Crowd)
     b: Serve | None = None
+    heap: HeapProbe | None = None
+
+    async def memory(self, key: str, mem: dict[str, Any]) -> dict[str, int]:
+        """A's memory once settled, into ``mem[key]``; with its heap, when probed."""
+        mem[key] = reading = await settled_memory(self.a.pid)
+        if self.heap is not None:
+            if key == "after":
+                mem["heap_" + key], mem["heap_after_trim"] = await self.heap.ask(
+                    signal.SIGUSR1, 2)
+            else:
+                mem["heap_" + key], = await self.heap.ask(signal.SIGUSR2, 1)
+        return reading
 
     def phase(self, name: str, crowd: Crowd | None = None) -> Phase:
         return Phase(name, self.a.pid, crowd or self.crowd, self.watch)
@@ -609,12 +651,12 @@ class Run:
         ids = await create_requests(a, self.tokens["requester"], args.waiters)
         print(f"created {len(ids):,} requests in {time.perf_counter() - started:.1f} s",
               flush=True)
-        mem["idle"] = idle = await settled_memory(a.pid)
+        idle = await self.memory("idle", mem)
         with self.phase("open") as opening:
             await open_waiters(a, self.tokens["viewer"], ids, self.crowd, self.http,
                                args.open_seconds)
         phases["open"] = opening.figures()
-        mem["waiting"] = waiting = await settled_memory(a.pid)
+        waiting = await self.memory("waiting", mem)
         mem["kb_per_waiter"] = round((waiting["rss_kb"] - idle["rss_kb"]) / args.waiters, 2)
         mem["pss_kb_per_waiter"] = round((waiting["pss_kb"] - idle["pss_kb"]) / args.waiters, 2)
         print(f"{args.waiters:,} waiting after {phases['open']['seconds']} s; server RSS "
@@ -645,13 +687,17 @@ class Run:
         with contextlib.suppress(SystemExit):
             await gauge_reaches(self.http, self.a, 0, within=30)
         mem["gauge_after"] = await gauge(self.http, self.a)
-        mem["after"] = after = await settled_memory(self.a.pid)
+        after = await self.memory("after", mem)
         idle = mem.get("idle")
         if idle is not None:
             mem["after_over_idle"] = round(after["rss_kb"] / idle["rss_kb"], 3)
         print(f"memory after: {after['rss_kb']:,} KB, {mem.get('after_over_idle')}x idle; "
               f"{after['fds']} descriptors ({idle and idle['fds']} idle); the gauge says "
               f"{mem['gauge_after']}", flush=True)
+        if self.heap is not None:
+            for key in ("heap_idle", "heap_waiting", "heap_after", "heap_after_trim"):
+                if key in mem:
+                    print(f"{key}: {mem[key]}", flush=True)
 
 
 def steps(args: argparse.Namespace) -> list[tuple[float, int]]:
@@ -668,15 +714,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             logs = Path(args.logs or scratch)
             tokens = {role: make_token(url, f"bench-{role}", role)
                       for role in ("requester", "approver", "viewer")}
-            a = await start_serve(url, logs / "serve-a.log",
-                                  SIGNOFF_DB_POOL_SIZE=str(args.pool_size))
+            pool = {"SIGNOFF_DB_POOL_SIZE": str(args.pool_size)}
+            probe = logs / "serve-a.memprobe.jsonl" if args.probe else None
+            if probe is not None:
+                probe.unlink(missing_ok=True)
+            a = spawn_replica(url, logs / "serve-a.log", probe, pool)
+            await wait_ready(a)
             stop = asyncio.Event()
             watch = PoolWatch()
             watching = asyncio.create_task(watch.run(plain_postgres_url(url), stop))
             run: Run | None = None
             try:
                 async with httpx.AsyncClient(timeout=30) as http:
-                    run = Run(args, url, logs, a, tokens, http, watch)
+                    run = Run(args, url, logs, a, tokens, http, watch,
+                              heap=HeapProbe(probe, a.pid) if probe is not None else None)
                     print(f"{args.waiters:,} waiters on one signoff serve (pool of "
                           f"{args.pool_size}), PostgreSQL, {os.cpu_count()} cores, "
                           f"{open_files} open files; load average {load_average()}", flush=True)
@@ -748,6 +799,9 @@ def main() -> None:
                         help="decisions per second on replica B")
     parser.add_argument("--pool-size", type=int, default=10,
                         help="SIGNOFF_DB_POOL_SIZE of each server (default: its own default)")
+    parser.add_argument("--probe", action="store_true",
+                        help="run replica A under bench/memprobe.py and read its heap with "
+                             "each memory reading (and after malloc_trim at the end)")
     parser.add_argument("--logs", metavar="DIR",
                         help="keep the servers' logs as DIR/serve-a.log and DIR/serve-b.log")
     parser.add_argument("--seed", type=int, default=7)
