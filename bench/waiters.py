@@ -53,7 +53,8 @@ answered and its connection closed. Reported: KB per waiter, ``(with - idle) / w
 and ``after / idle``. With ``--probe``, replica A runs under ``bench/memprobe.py`` (see
 ``bench/soak.py``) and each reading adds its heap: Python's allocated blocks, glibc's heap
 in use and free, and, at the end, the resident set after ``malloc_trim(0)``; so memory
-not given back can be told apart from objects still alive.
+not given back can be told apart from objects still alive. A reading after each phase
+adds how long the garbage collector's full collections held the server in it.
 
 This process raises its soft limit on open files to the hard limit (the servers inherit
 it): ``--waiters`` connections here and as many in the server. It runs on uvloop when it
@@ -463,6 +464,7 @@ class HeapProbe:
 
     KEEP = ("note", "rss_mb", "blocks", "gc_objects", "heap_used_mb", "heap_free_mb",
             "mmap_mb", "pyarenas_mb", "pyblocks_mb")
+    GC = ("gc2_pauses_ms", "gc01_count", "gc01_ms")
 
     def __init__(self, path: Path, pid: int) -> None:
         self.path, self.pid = path, pid
@@ -479,7 +481,7 @@ class HeapProbe:
             await asyncio.sleep(0.1)
             got = self.lines()[seen:]
             if len(got) >= count:
-                return [{k: line[k] for k in self.KEEP if k in line} for line in got]
+                return [{k: line[k] for k in self.KEEP + self.GC if k in line} for line in got]
         raise SystemExit("the memory probe did not answer within 30 s")
 
 
@@ -536,6 +538,17 @@ class Run:
     def phase(self, name: str, crowd: Crowd | None = None) -> Phase:
         return Phase(name, self.a.pid, crowd or self.crowd, self.watch)
 
+    async def collections(self, name: str, figures: dict[str, Any]) -> None:
+        """When probed: A's garbage collections since the last reading, into ``figures``
+        (each full collection's pause, the younger ones' count and time)."""
+        if self.heap is None:
+            return
+        line, = await self.heap.ask(signal.SIGUSR2, 1)
+        figures["gc"] = {k: line[k] for k in HeapProbe.GC if k in line}
+        print(f"{name}: full collections paused the server {figures['gc']['gc2_pauses_ms']} "
+              f"ms; {figures['gc']['gc01_count']:,} younger ones took "
+              f"{figures['gc']['gc01_ms']} ms in all", flush=True)
+
     async def with_plain_reads(self, ids: list[str], work: Awaitable[T]) -> tuple[T, list[float]]:
         """``work``'s result, and the round trips of plain reads of ``ids`` meanwhile."""
         stop = asyncio.Event()
@@ -558,6 +571,7 @@ class Run:
               f"{figures['plain_read']['p50_ms']} ms, p99 {figures['plain_read']['p99_ms']} "
               f"ms", flush=True)
         say_costs("hold", figures)
+        await self.collections("hold", figures)
         return figures
 
     async def decide(
@@ -603,6 +617,7 @@ class Run:
         if decisions.gave_up:
             print(f"{name}: {GIVE_UP_AFTER} decisions failed ({decisions.failures}); "
                   f"the phases after this one are not run", flush=True)
+        await self.collections(name, figures)
         return figures
 
     async def cross(self) -> dict[str, Any]:
@@ -656,6 +671,7 @@ class Run:
             await open_waiters(a, self.tokens["viewer"], ids, self.crowd, self.http,
                                args.open_seconds)
         phases["open"] = opening.figures()
+        await self.collections("open", phases["open"])
         waiting = await self.memory("waiting", mem)
         mem["kb_per_waiter"] = round((waiting["rss_kb"] - idle["rss_kb"]) / args.waiters, 2)
         mem["pss_kb_per_waiter"] = round((waiting["pss_kb"] - idle["pss_kb"]) / args.waiters, 2)
