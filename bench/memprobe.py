@@ -5,7 +5,8 @@
 Runs ``signoff serve`` unchanged, except that on SIGUSR2 the process appends one JSON line
 to the file named by ``SIGNOFF_MEMPROBE``, and on SIGUSR1 it does the same, then gives the
 heap's free memory back to the system (glibc ``malloc_trim(0)``) and appends a second line.
-A line holds:
+On SIGWINCH it appends a light line (``note`` ``gc``) with only the garbage collector's
+pauses: no collection, no count of objects, so it hardly stops the server. A line holds:
 
 - ``rss_mb``: the resident set, as the kernel counts it;
 - ``blocks``: memory blocks Python's allocator has handed out and not got back
@@ -175,7 +176,11 @@ def main() -> None:
             LIBC.malloc_trim(0)
         record(out, before, reading(out, "after_trim"))
 
+    def on_winch(_signum: int, _frame: Any) -> None:
+        record(out, {"t": round(time.monotonic() - STARTED, 1), "note": "gc", **GC.take()})
+
     gc.callbacks.append(GC)
+    signal.signal(signal.SIGWINCH, on_winch)
     signal.signal(signal.SIGUSR2, on_usr2)
     signal.signal(signal.SIGUSR1, on_usr1)
     sys.argv = ["signoff", *sys.argv[1:]]

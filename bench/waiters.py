@@ -53,8 +53,9 @@ answered and its connection closed. Reported: KB per waiter, ``(with - idle) / w
 and ``after / idle``. With ``--probe``, replica A runs under ``bench/memprobe.py`` (see
 ``bench/soak.py``) and each reading adds its heap: Python's allocated blocks, glibc's heap
 in use and free, and, at the end, the resident set after ``malloc_trim(0)``; so memory
-not given back can be told apart from objects still alive. A reading after each phase
-adds how long the garbage collector's full collections held the server in it.
+not given back can be told apart from objects still alive. A light reading after each
+phase (no collection of its own) adds how long the garbage collector's full collections
+held the server in it.
 
 This process raises its soft limit on open files to the hard limit (the servers inherit
 it): ``--waiters`` connections here and as many in the server. It runs on uvloop when it
@@ -543,7 +544,7 @@ class Run:
         (each full collection's pause, the younger ones' count and time)."""
         if self.heap is None:
             return
-        line, = await self.heap.ask(signal.SIGUSR2, 1)
+        line, = await self.heap.ask(signal.SIGWINCH, 1)
         figures["gc"] = {k: line[k] for k in HeapProbe.GC if k in line}
         print(f"{name}: full collections paused the server {figures['gc']['gc2_pauses_ms']} "
               f"ms; {figures['gc']['gc01_count']:,} younger ones took "
