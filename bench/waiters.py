@@ -43,8 +43,8 @@ the server and this process spent in it (everything shares the same cores), how 
 waits ran out and were asked again meanwhile, and how the server's pooled connections
 spent the phase, on average (``pg_stat_activity``, ten times a second: ``active``,
 PostgreSQL at work; ``idle in transaction``, waiting for the server's next statement;
-``idle``, free in the pool). A phase whose decisions fail 50 times stops there, and the
-phases after it are not run.
+``idle``, free in the pool; both servers' in the cross-replica phase). A phase whose
+decisions fail 50 times stops there, and the phases after it are not run.
 
 Memory: replica A's resident set (``VmRSS``, and ``Pss`` from ``smaps_rollup``) and its
 open file descriptors, read once the resident set stops moving: idle, after the requests
