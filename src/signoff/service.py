@@ -103,6 +103,7 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.thresholds = Thresholds.from_settings(settings)
+        self.callbacks = settings.callback_policy
         self.notifier: Notifier | None = None
         self.resolver: Resolver | None = None
         self._principals: dict[str, tuple[float, Principal]] = {}
@@ -261,6 +262,8 @@ class Service:
                         raise errors.IdempotencyMismatch()
                     return await _request_out(conn, now, previous), False, previous["expires_at"]
             expires_at = self.deadline(body, now)
+            if body.callback_url is not None:  # by its text: no DNS while creating
+                self.callbacks.check_url(body.callback_url)
             data = {
                 **body.model_dump(),
                 "needs_analysis": settings.is_placeholder(body.action),
