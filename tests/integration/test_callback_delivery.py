@@ -9,6 +9,7 @@ system's resolver, so that what a name resolves to is the test's to say.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import subprocess
@@ -219,3 +220,37 @@ async def test_the_system_resolver_gives_each_address_once() -> None:
     found = await resolve_host("localhost", 80)
     assert found and set(found) <= {"127.0.0.1", "::1"}
     assert len(found) == len(set(found))
+
+
+async def test_an_endless_answer_does_not_hold_the_delivery(db: Database, db_url: str) -> None:
+    """A receiver that never stops answering: the first 64 KiB are read, then the
+    connection is closed and the status counts."""
+    sent = 0
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 16384
+        try:
+            while sent < 64 * 1024 * 1024:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                sent += len(chunk)
+        except ConnectionError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(database_url=db_url, callback_allow=["http://127.0.0.1"])
+    try:
+        await created_and_rejected(db, settings, f"http://127.0.0.1:{port}/hook")
+        async with httpx.AsyncClient() as client:
+            notifier = Notifier(db, settings, Metrics(), build_senders(db, settings, client))
+            await asyncio.wait_for(notifier.run_once(), 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (await callback_item(db))["status"] == "delivered"
+    assert sent < 8 * 1024 * 1024
