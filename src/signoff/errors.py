@@ -94,6 +94,12 @@ class NeedsAnalysis(InvalidInput):
     code = "needs_analysis"
 
 
+class CallbackRefused(InvalidInput):
+    """callback_url names a destination that signoff does not send callbacks to."""
+
+    code = "callback_refused"
+
+
 class IdempotencyMismatch(InvalidInput):
     """This Idempotency-Key was used before with a different body."""
 

@@ -12,7 +12,9 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from signoff.destinations import CallbackPolicy
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -89,6 +91,9 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = None
     telegram_approvers: str = ""
     reminder_fractions: str = "0.5,0.9"
+    # Where requesters' callbacks may go besides public addresses (``signoff.destinations``):
+    # comma-separated in the environment.
+    callback_allow: Annotated[tuple[str, ...], NoDecode] = ()
     # Watchdogs (checked in serve every interval, and when read).
     watchdog_interval: Duration = timedelta(seconds=30)
     watchdog_notify_grace: Duration = timedelta(seconds=120)
@@ -156,6 +161,18 @@ class Settings(BaseSettings):
         parse_fractions(value)
         return value
 
+    @field_validator("callback_allow", mode="before")
+    @classmethod
+    def _split_callback_allow(cls, value: Any) -> Any:
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _check_callback_allow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        entries = tuple(entry.strip() for entry in value if entry.strip())
+        CallbackPolicy.from_entries(entries)
+        return entries
+
     @model_validator(mode="after")
     def _check_telegram(self) -> Settings:
         if (self.telegram_bot_token is None) != (self.telegram_chat_id is None):
@@ -198,6 +215,11 @@ class Settings(BaseSettings):
     def approvers(self) -> dict[int, str]:
         """Telegram user id → the approver name a press by that user decides as."""
         return parse_approvers(self.telegram_approvers)
+
+    @property
+    def callback_policy(self) -> CallbackPolicy:
+        """Where callbacks may go, parsed from ``callback_allow``."""
+        return CallbackPolicy.from_entries(self.callback_allow)
 
     @property
     def reminders(self) -> tuple[float, ...]:
