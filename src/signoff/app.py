@@ -30,6 +30,27 @@ from signoff.service import Service
 from signoff.settings import Settings
 
 log = get_logger("signoff.app")
+# How long the background tasks have, once told to stop, to finish what they are doing.
+STOP_GRACE_SECONDS = 5.0
+
+
+async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+    """Tell the background tasks to stop and wait for them; cancel one only if it is still
+    busy after ``STOP_GRACE_SECONDS``.
+
+    Each loop ends on ``stop`` and hands its pooled connections back on its way out.
+    Cancelling at once would land in the middle of that hand-back: the pool's reset
+    (a rollback) is interrupted and logged as an error, the connection left broken."""
+    stop.set()
+    if not tasks:
+        return
+    _, busy = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
+    for task in busy:
+        log.warning("task_stop_overdue", task=task.get_name(), grace_seconds=STOP_GRACE_SECONDS)
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def create_app(
@@ -74,11 +95,7 @@ def create_app(
         try:
             yield
         finally:
-            stop.set()
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop_tasks(stop, tasks)
             service.notifier = service.resolver = None
             await client.aclose()
             if db is None:
