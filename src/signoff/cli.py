@@ -133,10 +133,11 @@ def serve(
     import uvicorn
 
     from signoff.app import create_app
+    from signoff.server import GracefulServer
 
     settings = load_settings(ctx, host=host, port=port)
 
-    async def go() -> None:
+    async def go() -> bool:
         db = Database.from_settings(settings)
         try:
             await upgrade(db)
@@ -145,13 +146,16 @@ def serve(
                 app_, host=settings.host, port=settings.port, log_config=None,
                 access_log=False, lifespan="on",
             )
-            await uvicorn.Server(config).serve()
+            server = GracefulServer(config)
+            await server.serve()
+            return server.force_exit
         finally:
             await db.dispose()
 
     # uvloop's sockets and httptools' parser (chosen by uvicorn when installed) take a
     # good part of the CPU that every call costs the server.
-    run_async(go, uvloop=True)
+    if run_async(go, uvloop=True):
+        raise typer.Exit(128 + signal.SIGINT)
 
 
 @db_app.command("upgrade")
