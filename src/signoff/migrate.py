@@ -34,6 +34,7 @@ async def upgrade(db: Database, revision: str = "head") -> None:
     def run(sync_conn: sa.Connection) -> None:
         if sync_conn.dialect.name == "postgresql":
             sync_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
+        _refuse_unknown(MigrationContext.configure(sync_conn).get_current_revision())
         cfg.attributes["connection"] = sync_conn
         command.upgrade(cfg, revision)
 
@@ -72,15 +73,20 @@ async def check_schema(db: Database, sqlite_file: Path | None) -> None:
         current = await current_revision(db)
     else:
         current = await asyncio.to_thread(_sqlite_revision, sqlite_file)
-    script = ScriptDirectory.from_config(alembic_config())
-    head = script.get_current_head()
-    if current == head:
-        return
+    _refuse_unknown(current)
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if current is None:
         raise DatabaseNotMigrated("it is not migrated (it has no signoff schema)")
-    if current in {revision.revision for revision in script.walk_revisions()}:
+    if current != head:
         raise DatabaseNotMigrated(
             f"it is not migrated to the newest schema (it is at revision {current}, "
             f"the newest is {head})"
         )
-    raise DatabaseTooNew(f"its schema is at revision {current}, which this signoff does not know")
+
+
+def _refuse_unknown(current: str | None) -> None:
+    """Refuse a schema at a revision this signoff does not know: a newer one migrated it."""
+    script = ScriptDirectory.from_config(alembic_config())
+    if current is not None and current not in {r.revision for r in script.walk_revisions()}:
+        raise DatabaseTooNew(
+            f"its schema is at revision {current}, which this signoff does not know")

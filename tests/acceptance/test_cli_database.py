@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -95,6 +96,22 @@ def test_an_sqlite_database_behind_the_newest_schema_is_refused(tmp_path: Path) 
     made = run_signoff(env, "token", "create", "ci-bot", "--role", "admin")
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip().startswith("so_")
+
+
+@pytest.mark.parametrize("args", [["serve"], ["db", "upgrade"], ["doctor"]],
+                         ids=lambda args: "-".join(args))
+def test_a_database_migrated_by_a_newer_signoff_is_refused_by_every_command(
+    args: list[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "newer.db"
+    env = clean_env(SIGNOFF_DATABASE_URL=f"sqlite:///{path}")
+    assert run_signoff(env, "db", "upgrade").returncode == 0
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    done = run_signoff(env, *args, timeout=20)
+    assert done.returncode == 2, done.stderr
+    line = one_line(done.stderr)
+    assert "revision 9999, which this signoff does not know" in line
 
 
 def test_db_upgrade_to_an_unknown_revision_is_one_line(tmp_path: Path) -> None:
