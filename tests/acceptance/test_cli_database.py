@@ -30,6 +30,7 @@ USERS = [
     pytest.param(["resolve", "--once"], id="resolve-once"),
     pytest.param(["resolve"], id="resolve"),
     pytest.param(["notify", "--once"], id="notify-once"),
+    pytest.param(["notify"], id="notify"),
 ]
 
 
