@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -33,6 +31,27 @@ from signoff.service import Service
 from signoff.settings import Settings
 
 log = get_logger("signoff.app")
+# How long the background tasks have, once told to stop, to finish what they are doing.
+STOP_GRACE_SECONDS = 5.0
+
+
+async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+    """Tell the background tasks to stop and wait for them; cancel one only if it is still
+    busy after ``STOP_GRACE_SECONDS``.
+
+    Each loop ends on ``stop`` and hands its pooled connections back on its way out.
+    Cancelling at once would land in the middle of that hand-back: the pool's reset
+    (a rollback) is interrupted and logged as an error, the connection left broken."""
+    stop.set()
+    if not tasks:
+        return
+    _, busy = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
+    for task in busy:
+        log.warning("task_stop_overdue", task=task.get_name(), grace_seconds=STOP_GRACE_SECONDS)
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def create_app(
@@ -56,6 +75,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        listening: asyncio.Task[None] | None = None
         tasks: list[asyncio.Task[Any]] = []
         client = http_client()
         app.state.http = client
@@ -75,7 +95,8 @@ def create_app(
             listener = ChannelListener(
                 listen_dsn(settings.database_url), store.ENDED_CHANNEL,
                 service.waiters.heard, service.waiters.wake_all, name="waiters")
-            tasks.append(asyncio.create_task(listener.run(), name="signoff-waiters-listen"))
+            # Outside ``tasks``: it holds no pooled connection, so it is simply cancelled.
+            listening = asyncio.create_task(listener.run(), name="signoff-waiters-listen")
         log.info("serve_started", host=settings.host, port=settings.port,
                  database=database.engine.dialect.name, resolver=run_resolver,
                  notifier=notifying)
@@ -83,11 +104,11 @@ def create_app(
             yield
         finally:
             service.waiters.close()
-            stop.set()
-            for task in tasks:
-                task.cancel()
+            if listening is not None:
+                listening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    await listening
+            await stop_tasks(stop, tasks)
             service.notifier = service.resolver = None
             await client.aclose()
             if db is None:
@@ -120,14 +141,3 @@ def create_app(
 
     return app
 
-
-class Server(uvicorn.Server):
-    """uvicorn's server, telling the app's long-poll waiters the moment shutdown begins:
-    they answer with the state they read then, instead of holding the shutdown up (uvicorn
-    waits for every open answer before it runs the lifespan's shutdown)."""
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        service = getattr(getattr(self.config.app, "state", None), "service", None)
-        if isinstance(service, Service):
-            service.waiters.close()
-        await super().shutdown(sockets)

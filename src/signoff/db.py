@@ -16,6 +16,7 @@ it again, once, on a new connection.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from signoff.clock import DatabaseClock
+from signoff.errors import DatabaseMissing
 from signoff.notify.outbox import OPTION as OUTBOX_OPTION
 from signoff.notify.outbox import Routing
 from signoff.settings import Settings
@@ -84,6 +86,30 @@ def is_unavailable(exc: BaseException) -> bool:
             if isinstance(candidate, OSError | asyncpg.exceptions.ConnectionDoesNotExistError):
                 return True
     return False
+
+
+def is_missing_database(exc: BaseException) -> bool:
+    """Whether ``exc`` says the PostgreSQL database named in the URL does not exist."""
+    return isinstance(exc, DBAPIError) and _sqlstate(exc) == "3D000"
+
+
+def is_login_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` says PostgreSQL refused the URL's role or password."""
+    return isinstance(exc, DBAPIError) and (_sqlstate(exc) or "").startswith("28")
+
+
+def is_not_a_database(exc: BaseException) -> bool:
+    """Whether ``exc`` says the SQLite file named in the URL is not a database at all."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
+
+
+def require_existing(settings: Settings) -> None:
+    """Refuse an SQLite file that does not exist, before anything opens it: opening one
+    creates it, empty. (``serve`` and ``db upgrade`` may create a database; nothing else.)"""
+    path = settings.sqlite_file
+    if path is not None and not path.exists():
+        raise DatabaseMissing(f"the file {path.absolute()} does not exist")
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 from datetime import time, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from signoff.destinations import CallbackPolicy
 
@@ -196,6 +199,27 @@ class Settings(BaseSettings):
     @property
     def is_postgres(self) -> bool:
         return self.async_database_url.startswith("postgresql")
+
+    @property
+    def shown_database_url(self) -> str:
+        """The database URL as given, its password masked: for messages a person reads."""
+        given = self.database_url.strip()
+        try:
+            url = make_url(given)
+            return given if url.password is None else url.render_as_string(hide_password=True)
+        except ArgumentError:
+            return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", given)
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The file of an SQLite database; None on PostgreSQL or for an in-memory one."""
+        url = make_url(self.async_database_url)
+        if url.get_backend_name() != "sqlite":
+            return None
+        name = url.database or ""
+        if name in ("", ":memory:") or url.query.get("mode") == "memory":
+            return None
+        return Path(name.removeprefix("file:").split("?", 1)[0])  # also the uri=true form
 
     @property
     def zone(self) -> ZoneInfo:

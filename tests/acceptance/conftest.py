@@ -26,11 +26,12 @@ def signoff_command(*args: str) -> list[str]:
 
 
 def run_signoff(
-    env: dict[str, str], *args: str, timeout: float = 60
+    env: dict[str, str], *args: str, timeout: float = 60, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         signoff_command(*args),
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
