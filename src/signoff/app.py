@@ -16,6 +16,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from signoff import __version__
+from signoff.answers import Health
 from signoff.api import router
 from signoff.db import Database
 from signoff.http import BodyLimit, CountHTTP, install_error_handlers
@@ -24,6 +25,7 @@ from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
 from signoff.notify.worker import Notifier
+from signoff.openapi import documented, install_openapi
 from signoff.resolver import Resolver
 from signoff.scheduler import background_checks
 from signoff.service import Service
@@ -90,6 +92,7 @@ def create_app(
         description="A human sign-off gate in front of automated incident remediation.",
         lifespan=lifespan,
     )
+    install_openapi(app)
     app.state.settings = settings
     app.state.service = service
     app.state.http = None
@@ -99,12 +102,14 @@ def create_app(
     app.add_middleware(BodyLimit)
     app.add_middleware(CountHTTP, counter=meters.http_requests)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], **documented(Health, bearer=False))
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], response_class=Response, responses={
+        200: {"description": "Prometheus text exposition.",
+              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics_text() -> Response:
         """Prometheus text exposition."""
         return Response(generate_latest(meters.registry), media_type=CONTENT_TYPE_LATEST)
