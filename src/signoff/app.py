@@ -25,7 +25,7 @@ from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
 from signoff.notify.worker import Notifier
-from signoff.openapi import documented, install_openapi
+from signoff.openapi import documented, install_docs_pages, install_openapi
 from signoff.resolver import Resolver
 from signoff.scheduler import background_checks
 from signoff.service import Service
@@ -91,6 +91,8 @@ def create_app(
         version=__version__,
         description="A human sign-off gate in front of automated incident remediation.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs_pages, without a CDN
+        redoc_url=None,
     )
     install_openapi(app)
     app.state.settings = settings
@@ -113,5 +115,7 @@ def create_app(
     async def metrics_text() -> Response:
         """Prometheus text exposition."""
         return Response(generate_latest(meters.registry), media_type=CONTENT_TYPE_LATEST)
+
+    install_docs_pages(app)
 
     return app

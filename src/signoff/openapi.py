@@ -1,4 +1,5 @@
-"""The OpenAPI document: what each route answers, how it refuses, and who may call it.
+"""The OpenAPI document: what each route answers, how it refuses, and who may call it;
+and the pages that show it.
 
 Routes return plain dicts (``signoff.views``), serialized as they are: ``documented``
 gives a route the keyword arguments that describe its answer with a model of
@@ -6,17 +7,26 @@ gives a route the keyword arguments that describe its answer with a model of
 answer against that model. Every route that needs a bearer token says so (``security``),
 and the document declares the scheme; the validation error FastAPI would describe
 (``{"detail": ...}``) is not what signoff sends, so it is taken out of the document.
+
+``/docs`` (Swagger UI) and ``/redoc`` load their scripts, styles and icon from signoff
+itself (the copies the fastapi-offline package ships), never from a CDN: they work where
+the internet cannot be reached.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, WithJsonSchema
 
 from signoff.answers import ConflictError, Error, InvalidError
 
+DOCS_ASSETS = "/static/docs"
 BEARER_SCHEME = "bearer"
 SECURITY_SCHEMES = {
     BEARER_SCHEME: {
@@ -130,3 +140,31 @@ def _finish(doc: dict[str, Any]) -> None:
                     if "$ref" in schema:  # FastAPI titles the answer beside its $ref
                         content["schema"] = {"$ref": schema["$ref"]}
 
+
+def install_docs_pages(app: FastAPI) -> None:
+    """``/docs`` and ``/redoc``, and their assets under ``DOCS_ASSETS``. Called once every
+    other route is in place: a call to the API never tries these on its way."""
+    assert app.openapi_url is not None
+    document = app.openapi_url
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=root + document, title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=root + document, title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False,
+        )
+
+    assets = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
