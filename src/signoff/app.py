@@ -16,6 +16,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from signoff import __version__, store
+from signoff.answers import Health
 from signoff.api import router
 from signoff.db import Database
 from signoff.http import BodyLimit, CountHTTP, install_error_handlers
@@ -25,6 +26,7 @@ from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
 from signoff.notify.worker import Notifier
+from signoff.openapi import documented, install_docs_pages, install_openapi
 from signoff.resolver import Resolver
 from signoff.scheduler import background_checks
 from signoff.service import Service
@@ -119,7 +121,10 @@ def create_app(
         version=__version__,
         description="A human sign-off gate in front of automated incident remediation.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs_pages, without a CDN
+        redoc_url=None,
     )
+    install_openapi(app)
     app.state.settings = settings
     app.state.service = service
     app.state.http = None
@@ -129,15 +134,19 @@ def create_app(
     app.add_middleware(BodyLimit)
     app.add_middleware(CountHTTP, counter=meters.http_requests)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], **documented(Health, bearer=False))
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], response_class=Response, responses={
+        200: {"description": "Prometheus text exposition.",
+              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics_text() -> Response:
         """Prometheus text exposition."""
         return Response(generate_latest(meters.registry), media_type=CONTENT_TYPE_LATEST)
+
+    install_docs_pages(app)
 
     return app
 
