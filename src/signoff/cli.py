@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from signoff.cli_client import add_client_commands
 from signoff.db import Database
 from signoff.lifecycle import Role
 from signoff.logs import configure_logging
@@ -30,6 +31,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+add_client_commands(app)
 err = Console(stderr=True)
 
 

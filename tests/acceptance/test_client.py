@@ -54,7 +54,10 @@ def decide_when_asked(
             while time.monotonic() < deadline:
                 for item in person.list_requests("pending", limit=500)["items"]:
                     if marker in item["action"]:
-                        getattr(person, verb)(item["id"], comment)
+                        if verb == "cancel":
+                            person.cancel(item["id"])
+                        else:
+                            getattr(person, verb)(item["id"], comment)
                         return
                 time.sleep(0.05)
 
