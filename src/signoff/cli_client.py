@@ -109,12 +109,12 @@ def _wait(client: Client, made: dict[str, Any], timeout: timedelta | None) -> di
 
     def retrying(exc: SignoffError, pause: float) -> None:
         if not countdown.retrying:
-            countdown.say(f"signoff: {exc.message}; retrying until it answers")
+            countdown.say(f"signoff: {exc.message}; retrying with backoff")
         countdown.retrying = True
 
     def answered(reading: dict[str, Any]) -> None:
         if countdown.retrying:
-            countdown.say("signoff: the server answers again; still waiting")
+            countdown.say("signoff: the server answers again")
         countdown.retrying = False
         countdown.reading = reading
 

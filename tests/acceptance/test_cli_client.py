@@ -207,7 +207,8 @@ def test_a_wait_outlives_a_server_restart(database_url: str, tmp_path: Path) -> 
             second.stop()
     assert waiting.returncode == 0, err
     assert json.loads(out)["status"] == "approved"
-    assert "retrying" in err and "Traceback" not in err
+    assert "retrying" in err and "the server answers again" in err
+    assert "Traceback" not in err
 
 
 def test_a_countdown_shows_when_stderr_is_a_terminal(server: Server) -> None:
@@ -237,6 +238,6 @@ def test_a_countdown_shows_when_stderr_is_a_terminal(server: Server) -> None:
 def test_the_client_commands_need_no_server_settings(server: Server) -> None:
     # client_env's SIGNOFF_PORT=banana would stop any command that loads the settings.
     broken = cli(server, None, "report")
-    assert broken.returncode == 2 and "SIGNOFF_PORT" in broken.stderr
+    assert broken.returncode != 0 and "SIGNOFF_PORT" in broken.stderr
     assert httpx.get(server.url + "/healthz").status_code == 200
     assert cli(server, "viewer", "request", "list").returncode == 0
