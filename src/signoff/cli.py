@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
+from signoff.cli_client import add_client_commands
 from signoff.db import (
     Database,
     is_login_refused,
@@ -42,6 +43,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+add_client_commands(app)
 err = Console(stderr=True)
 
 

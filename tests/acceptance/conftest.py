@@ -86,8 +86,11 @@ class Server:
                 self.process.wait(10)
 
 
-def start_server(database_url: str, log_path: Path, **extra_env: str) -> Server:
-    port = free_port()
+def start_server(
+    database_url: str, log_path: Path, *, port: int | None = None, **extra_env: str
+) -> Server:
+    """``signoff serve`` on ``port`` (default: a free one), once it answers ``/healthz``."""
+    port = port or free_port()
     env = {
         **os.environ,
         "SIGNOFF_DATABASE_URL": database_url,
