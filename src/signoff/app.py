@@ -23,6 +23,7 @@ from signoff.db import Database
 from signoff.http import BodyLimit, CountHTTP, install_error_handlers
 from signoff.listener import ChannelListener, listen_dsn
 from signoff.logs import get_logger
+from signoff.mcp.served import McpEndpoint
 from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
@@ -93,11 +94,12 @@ def create_app(
             if db is None:
                 await database.dispose()
 
+    mcp = McpEndpoint()
     app = FastAPI(
         title="signoff",
         version=__version__,
         description="A human sign-off gate in front of automated incident remediation.",
-        lifespan=lifespan,
+        lifespan=mcp.around(lifespan),
     )
     app.state.settings = settings
     app.state.service = service
@@ -105,6 +107,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(presses_router)
+    app.router.routes.append(mcp.route)  # the MCP tools, for AI agents
     app.add_middleware(BodyLimit)
     app.add_middleware(CountHTTP, counter=meters.http_requests)
 
