@@ -22,6 +22,7 @@ from signoff.db import Database
 from signoff.http import BodyLimit, CountHTTP, install_error_handlers
 from signoff.listener import ChannelListener, listen_dsn
 from signoff.logs import get_logger
+from signoff.mcp.served import McpEndpoint
 from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
@@ -116,11 +117,12 @@ def create_app(
             if db is None:
                 await database.dispose()
 
+    mcp = McpEndpoint()
     app = FastAPI(
         title="signoff",
         version=__version__,
         description="A human sign-off gate in front of automated incident remediation.",
-        lifespan=lifespan,
+        lifespan=mcp.around(lifespan),
         docs_url=None,  # served by install_docs_pages, without a CDN
         redoc_url=None,
     )
@@ -131,6 +133,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(presses_router)
+    app.router.routes.append(mcp.route)  # the MCP tools, for AI agents
     app.add_middleware(BodyLimit)
     app.add_middleware(CountHTTP, counter=meters.http_requests)
 

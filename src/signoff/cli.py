@@ -455,5 +455,22 @@ def report(
         print(made.as_text())
 
 
+@app.command()
+def mcp(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(
+        envvar="SIGNOFF_URL", show_envvar=False,
+        help="The server's URL [SIGNOFF_URL] (default http://127.0.0.1:8700).")] = None,
+    token: Annotated[str | None, typer.Option(
+        envvar="SIGNOFF_TOKEN", show_envvar=False,
+        help="The API token the tools act with [SIGNOFF_TOKEN].")] = None,
+) -> None:
+    """Serve the MCP tools over stdio, for a local AI agent, acting through the HTTP API."""
+    from signoff.mcp.stdio import run
+
+    flags = ctx.obj.settings if isinstance(ctx.obj, Options) else {}
+    raise typer.Exit(run(url, token, log_level=flags.get("log_level")))
+
+
 def main() -> None:
     app()

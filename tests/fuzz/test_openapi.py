@@ -74,6 +74,21 @@ def _aim(case: Any, draw: Callable[[Any], Any], seeded: Seeded) -> None:
             case.path_parameters[name] = draw(st.sampled_from(pool))
     if case.query and "cursor" in case.query and draw(st.booleans()):
         case.query["cursor"] = draw(st.sampled_from(seeded.cursors))
+    if case.query and "wait" in case.query:
+        case.query["wait"] = _short_wait(case.query["wait"])
+
+
+def _short_wait(value: Any) -> Any:
+    """A long-poll's ``wait`` that the server accepts, cut to a second: a pending request
+    would hold the call for up to 60 s, past this client's timeout, and waiting is not
+    what is fuzzed here. A value it refuses is sent as drawn."""
+    if isinstance(value, bool):
+        return value
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return value
+    return min(seconds, 1.0) if 0 <= seconds <= 60 else value
 
 
 class Fuzzer:
