@@ -282,8 +282,16 @@ class LeanClient:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def post(self, path: str, *, json: Any) -> Answer:
-        body = _dumps(json).encode()
-        head = (f"POST {self.prefix}{path} HTTP/1.1\r\n{self.headers}"
+        return await self.send("POST", path, _dumps(json).encode())
+
+    async def get(self, path: str) -> Answer:
+        return await self.send("GET", path)
+
+    async def send(self, method: str, path: str, body: bytes = b"") -> Answer:
+        """One call; a kept-alive connection the server has closed meanwhile is replaced
+        and the call sent again on a new one. A call cancelled midway closes its
+        connection: the server then sees the client go."""
+        head = (f"{method} {self.prefix}{path} HTTP/1.1\r\n{self.headers}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         while True:
             reused = bool(self.idle)
@@ -297,6 +305,9 @@ class LeanClient:
                 writer.close()
                 if not reused:  # a new connection that fails is the server's failure
                     raise
+            except BaseException:
+                writer.close()
+                raise
         status_line, _, headers = answer.partition(b"\r\n")
         length, close = 0, False
         for line in headers.split(b"\r\n"):
@@ -306,7 +317,11 @@ class LeanClient:
                 length = int(value)
             elif name == b"connection" and value.strip().lower() == b"close":
                 close = True
-        content = await reader.readexactly(length)
+        try:
+            content = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
         if close:
             writer.close()
         else:

@@ -5,7 +5,8 @@
 Runs ``signoff serve`` unchanged, except that on SIGUSR2 the process appends one JSON line
 to the file named by ``SIGNOFF_MEMPROBE``, and on SIGUSR1 it does the same, then gives the
 heap's free memory back to the system (glibc ``malloc_trim(0)``) and appends a second line.
-A line holds:
+On SIGWINCH it appends a light line (``note`` ``gc``) with only the garbage collector's
+pauses: no collection, no count of objects, so it hardly stops the server. A line holds:
 
 - ``rss_mb``: the resident set, as the kernel counts it;
 - ``blocks``: memory blocks Python's allocator has handed out and not got back
@@ -19,7 +20,10 @@ A line holds:
   and the bytes of them in use;
 - ``objects``: the count of live objects of the 25 most numerous types;
 - with tracemalloc on (``PYTHONTRACEMALLOC=<frames>``): ``traced_mb``, and the first and
-  the latest snapshot written beside the file (``.first.snap``, ``.last.snap``).
+  the latest snapshot written beside the file (``.first.snap``, ``.last.snap``);
+- ``gc2_pauses_ms``: how long each full (generation 2) collection since the previous line
+  held the process, and ``gc01_count`` / ``gc01_ms``: the younger collections, how many
+  and how long in all (the probe's own collection is not counted).
 """
 
 from __future__ import annotations
@@ -62,6 +66,39 @@ def _libc() -> Any:
 LIBC = _libc()
 
 
+class GcPauses:
+    """How long the cyclic garbage collector held the process, from ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.probing = False  # the probe's own collection is not the service's
+        self.full: list[float] = []
+        self.young = [0, 0.0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        if self.started is None or self.probing:
+            return
+        took, self.started = time.perf_counter() - self.started, None
+        if info["generation"] == 2:
+            self.full.append(round(took * 1000, 1))
+        else:
+            self.young[0] += 1
+            self.young[1] += took
+
+    def take(self) -> dict[str, Any]:
+        """What happened since the last ``take``."""
+        out = {"gc2_pauses_ms": self.full, "gc01_count": self.young[0],
+               "gc01_ms": round(self.young[1] * 1000, 1)}
+        self.full, self.young = [], [0, 0.0]
+        return out
+
+
+GC = GcPauses()
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as status:
         for line in status:
@@ -93,14 +130,19 @@ def obmalloc() -> dict[str, float]:
 
 
 def reading(out: Path, note: str) -> dict[str, Any]:
-    gc.collect()
+    pauses = GC.take()
+    GC.probing = True
+    try:
+        gc.collect()
+    finally:
+        GC.probing = False
     counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
     line: dict[str, Any] = {
         "t": round(time.monotonic() - STARTED, 1), "note": note,
         "rss_mb": round(rss_mb(), 2), "blocks": sys.getallocatedblocks(),
         "gc_objects": sum(counts.values()), "objects": dict(counts.most_common(25)),
     }
-    line |= obmalloc()
+    line |= obmalloc() | pauses
     if LIBC is not None:
         info = LIBC.mallinfo2()
         line |= {"heap_used_mb": round(info.uordblks / MB, 2),
@@ -134,6 +176,11 @@ def main() -> None:
             LIBC.malloc_trim(0)
         record(out, before, reading(out, "after_trim"))
 
+    def on_winch(_signum: int, _frame: Any) -> None:
+        record(out, {"t": round(time.monotonic() - STARTED, 1), "note": "gc", **GC.take()})
+
+    gc.callbacks.append(GC)
+    signal.signal(signal.SIGWINCH, on_winch)
     signal.signal(signal.SIGUSR2, on_usr2)
     signal.signal(signal.SIGUSR1, on_usr1)
     sys.argv = ["signoff", *sys.argv[1:]]
