@@ -120,6 +120,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             url,
             pool_size=settings.db_pool_size,
             max_overflow=0,
+            pool_timeout=settings.db_pool_timeout.total_seconds(),
             pool_recycle=1800,
             connect_args={"server_settings": {"application_name": "signoff", "timezone": "UTC"}},
         )
@@ -127,6 +128,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         url,
         pool_size=settings.db_pool_size,
         max_overflow=0,
+        pool_timeout=settings.db_pool_timeout.total_seconds(),
         connect_args={"timeout": 30},
     )
     _configure_sqlite(engine)

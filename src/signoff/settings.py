@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     max_ttl: Duration = timedelta(days=7)
     display_tz: str = "UTC"
     db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_pool_timeout: Duration = timedelta(seconds=30)
     resolver_backstop: Duration = timedelta(seconds=2)
     resolver_batch_size: int = Field(default=1000, ge=1, le=100_000)
     log_level: str = "info"
