@@ -105,12 +105,15 @@ class Serve:
 
 
 def make_token(database_url: str, name: str, role: str) -> str:
-    """``signoff token create``: migrates the database too, so a server starts on it at once."""
+    """``signoff db upgrade`` (a database is only ever created by it or by ``serve``), then
+    ``signoff token create``."""
     env = {**os.environ, "SIGNOFF_DATABASE_URL": database_url}
-    made = subprocess.run(signoff_command("token", "create", name, "--role", role), env=env,
-                          capture_output=True, stdin=subprocess.DEVNULL)
-    if made.returncode != 0:
-        raise SystemExit(f"signoff token create failed: {made.stderr.decode()[-2000:]}")
+    for args in (("db", "upgrade"), ("token", "create", name, "--role", role)):
+        made = subprocess.run(signoff_command(*args), env=env, capture_output=True,
+                              stdin=subprocess.DEVNULL)
+        if made.returncode != 0:
+            raise SystemExit(f"signoff {' '.join(args[:2])} failed: "
+                             f"{made.stderr.decode()[-2000:]}")
     return made.stdout.decode().strip().splitlines()[-1]
 
 

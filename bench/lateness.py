@@ -105,6 +105,7 @@ def spawned(database_url: str | None, workdir: Path, logs: Path) -> Iterator[Ser
     port = free_port()
     env = {**os.environ, "SIGNOFF_DATABASE_URL": url, "SIGNOFF_PORT": str(port),
            "SIGNOFF_LOG_FORMAT": "json", "SIGNOFF_MAX_TTL": "1d"}
+    subprocess.run(signoff_command("db", "upgrade"), env=env, capture_output=True, check=True)
     made = subprocess.run(
         signoff_command("token", "create", f"bench-{os.getpid()}", "--role", "requester"),
         env=env, capture_output=True, check=True,

@@ -13,9 +13,18 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel
 
 from signoff import errors
+from signoff.answers import (
+    ApprovalRequest,
+    EventPage,
+    Incident,
+    IncidentPage,
+    KnowledgePage,
+    RequestPage,
+    Stats,
+    Watchdog,
+)
 from signoff.http import (
     authorize,
     body_or_raise,
@@ -25,6 +34,7 @@ from signoff.http import (
     unless_gone,
 )
 from signoff.lifecycle import IncidentStatus, Principal, RequestStatus, Role
+from signoff.openapi import documented
 from signoff.schemas import (
     DecisionIn,
     FilterText,
@@ -49,19 +59,14 @@ def _service(request: Request) -> Service:
     return service
 
 
-def _body_doc(model: type[BaseModel], *, required: bool) -> dict[str, Any]:
-    """The OpenAPI request body of a route that parses its body itself (``read_body``,
-    so that who/what/state are refused before content): clients and fuzzers see it."""
-    schema = model.model_json_schema()
-    return {"requestBody": {"required": required,
-                            "content": {"application/json": {"schema": schema}}}}
-
-
 # -- incidents ------------------------------------------------------------------------
 
 
-@router.post("/incidents", status_code=201, tags=["incidents"],
-             openapi_extra=_body_doc(IncidentIn, required=True))
+@router.post("/incidents", status_code=201, tags=["incidents"], **documented(
+    Incident, 401, 403, 409, 413, 422, 503, status=201, said="The incident opened.",
+    also={200: (Incident, "The open incident with the same fingerprint, unchanged.")},
+    notes={409: "The open incident with this fingerprint was resolved meanwhile; retry."},
+    body=IncidentIn))
 async def create_incident(request: Request, response: Response) -> dict[str, Any]:
     """Open an incident; an open incident with the same fingerprint is returned (200)."""
     who = await authorize(request, Role.REQUESTER)
@@ -72,7 +77,8 @@ async def create_incident(request: Request, response: Response) -> dict[str, Any
     return out
 
 
-@router.get("/incidents", tags=["incidents"])
+@router.get("/incidents", tags=["incidents"],
+            **documented(IncidentPage, 401, 422, 503, said="Incidents, newest first."))
 async def list_incidents(
     request: Request, who: Viewer, status: IncidentStatus | None = None,
     service: FilterText = None, limit: Limit = 50, cursor: Cursor = None,
@@ -82,14 +88,16 @@ async def list_incidents(
     )
 
 
-@router.get("/incidents/{incident_id}", tags=["incidents"])
+@router.get("/incidents/{incident_id}", tags=["incidents"],
+            **documented(Incident, 401, 404, 503))
 async def get_incident(incident_id: str, request: Request) -> dict[str, Any]:
     who = await authorize(request, Role.VIEWER)
     return await _service(request).get_incident(who, incident_id)
 
 
-@router.post("/incidents/{incident_id}/resolve", tags=["incidents"],
-             openapi_extra=_body_doc(ResolveIn, required=False))
+@router.post("/incidents/{incident_id}/resolve", tags=["incidents"], **documented(
+    Incident, 401, 403, 404, 409, 413, 422, 503, said="The incident, resolved.",
+    body=ResolveIn, body_required=False))
 async def resolve_incident(incident_id: str, request: Request) -> dict[str, Any]:
     """Resolve by hand (resolution type ``manual``); its pending requests are cancelled."""
     who = await authorize(request, Role.APPROVER)
@@ -98,7 +106,8 @@ async def resolve_incident(incident_id: str, request: Request) -> dict[str, Any]
     return await service.resolve_incident(who, incident_id, body)
 
 
-@router.get("/incidents/{incident_id}/events", tags=["incidents"])
+@router.get("/incidents/{incident_id}/events", tags=["incidents"], **documented(
+    EventPage, 401, 404, 422, 503, said="The audit events of the incident and its requests."))
 async def incident_events(
     incident_id: str, request: Request, who: Viewer, limit: Limit = 50, cursor: Cursor = None
 ) -> dict[str, Any]:
@@ -108,10 +117,16 @@ async def incident_events(
 # -- approval requests ------------------------------------------------------------------
 
 
-@router.post("/approvals", status_code=201, tags=["approvals"],
-             openapi_extra={**_body_doc(RequestIn, required=True), "parameters": [{
-                 "name": "Idempotency-Key", "in": "header", "required": False,
-                 "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY}}]})
+@router.post("/approvals", status_code=201, tags=["approvals"], **documented(
+    ApprovalRequest, 401, 403, 404, 409, 413, 422, 503, status=201,
+    said="The request created.",
+    also={200: (ApprovalRequest, "The request made earlier with this Idempotency-Key and "
+                               "body, as it is now.")},
+    notes={404: "No incident has that incident_id.",
+           409: "The incident is already resolved."},
+    body=RequestIn, extra={"parameters": [{
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY}}]}))
 async def create_request(request: Request, response: Response) -> dict[str, Any]:
     """Ask for sign-off. The same ``Idempotency-Key`` and body return the same request."""
     who = await authorize(request, Role.REQUESTER)
@@ -128,7 +143,8 @@ async def create_request(request: Request, response: Response) -> dict[str, Any]
     return out
 
 
-@router.get("/approvals", tags=["approvals"])
+@router.get("/approvals", tags=["approvals"],
+            **documented(RequestPage, 401, 422, 503, said="Requests, newest first."))
 async def list_requests(
     request: Request, who: Viewer, status: RequestStatus | None = None,
     incident_id: str | None = None, limit: Limit = 50, cursor: Cursor = None,
@@ -157,11 +173,12 @@ def _wait(request: Request) -> float | errors.InvalidInput:
     return seconds
 
 
-@router.get("/approvals/{request_id}", tags=["approvals"], openapi_extra={"parameters": [{
-    "name": "wait", "in": "query", "required": False,
-    "description": "Long-poll: answer once the request is no longer pending, at its "
-                   "deadline, or after this many seconds (0 to 60), whichever is first.",
-    "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT}}]})
+@router.get("/approvals/{request_id}", tags=["approvals"], **documented(
+    ApprovalRequest, 401, 404, 422, 503, extra={"parameters": [{
+        "name": "wait", "in": "query", "required": False,
+        "description": "Long-poll: answer once the request is no longer pending, at its "
+                       "deadline, or after this many seconds (0 to 60), whichever is first.",
+        "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT}}]}))
 async def get_request(request_id: str, request: Request) -> dict[str, Any]:
     who = await authorize(request, Role.VIEWER)
     wait = _wait(request)
@@ -171,15 +188,19 @@ async def get_request(request_id: str, request: Request) -> dict[str, Any]:
     return await unless_gone(request, answer)
 
 
-@router.get("/approvals/{request_id}/events", tags=["approvals"])
+@router.get("/approvals/{request_id}/events", tags=["approvals"], **documented(
+    EventPage, 401, 404, 422, 503, said="The audit events of the request, oldest first."))
 async def request_events(
     request_id: str, request: Request, who: Viewer, limit: Limit = 50, cursor: Cursor = None
 ) -> dict[str, Any]:
     return await _service(request).request_events(who, request_id, limit=limit, cursor=cursor)
 
 
-@router.post("/approvals/{request_id}/approve", tags=["approvals"],
-             openapi_extra=_body_doc(DecisionIn, required=False))
+@router.post("/approvals/{request_id}/approve", tags=["approvals"], **documented(
+    ApprovalRequest, 401, 403, 404, 409, 413, 422, 503, said="The request with the approval.",
+    notes={403: "Not an approver, or your own request.",
+           422: "A bad body, or a placeholder action (`needs_analysis`)."},
+    body=DecisionIn, body_required=False))
 async def approve(request_id: str, request: Request) -> dict[str, Any]:
     """Approve; with ``required_approvals`` > 1 the request waits for more approvers."""
     who = await authorize(request, Role.APPROVER)
@@ -187,8 +208,10 @@ async def approve(request_id: str, request: Request) -> dict[str, Any]:
     return await service.approve(who, request_id, await read_body(request, DecisionIn))
 
 
-@router.post("/approvals/{request_id}/reject", tags=["approvals"],
-             openapi_extra=_body_doc(DecisionIn, required=False))
+@router.post("/approvals/{request_id}/reject", tags=["approvals"], **documented(
+    ApprovalRequest, 401, 403, 404, 409, 413, 422, 503, said="The request, rejected.",
+    notes={403: "Not an approver, or your own request."},
+    body=DecisionIn, body_required=False))
 async def reject(request_id: str, request: Request) -> dict[str, Any]:
     """Reject; one reject ends the request, whatever approvals it already had."""
     who = await authorize(request, Role.APPROVER)
@@ -196,15 +219,20 @@ async def reject(request_id: str, request: Request) -> dict[str, Any]:
     return await service.reject(who, request_id, await read_body(request, DecisionIn))
 
 
-@router.post("/approvals/{request_id}/cancel", tags=["approvals"])
+@router.post("/approvals/{request_id}/cancel", tags=["approvals"], **documented(
+    ApprovalRequest, 401, 403, 404, 409, 413, 503, said="The request, cancelled.",
+    notes={403: "Not a requester, or another requester's request."}))
 async def cancel(request_id: str, request: Request) -> dict[str, Any]:
     """Withdraw a pending request; only its requester may."""
     who = await authorize(request, Role.REQUESTER)
     return await _service(request).cancel(who, request_id)
 
 
-@router.post("/approvals/{request_id}/outcome", tags=["approvals"],
-             openapi_extra=_body_doc(OutcomeIn, required=True))
+@router.post("/approvals/{request_id}/outcome", tags=["approvals"], **documented(
+    ApprovalRequest, 401, 403, 404, 409, 413, 422, 503, said="The request with its outcome.",
+    notes={403: "Not a requester, or another requester's request.",
+           409: "The request is not approved, or its outcome was already reported."},
+    body=OutcomeIn))
 async def report_outcome(request_id: str, request: Request) -> dict[str, Any]:
     """Report how the approved action went; success resolves the incident (``action``)."""
     who = await authorize(request, Role.REQUESTER)
@@ -215,7 +243,8 @@ async def report_outcome(request_id: str, request: Request) -> dict[str, Any]:
 # -- knowledge and statistics ---------------------------------------------------------
 
 
-@router.get("/knowledge", tags=["knowledge"])
+@router.get("/knowledge", tags=["knowledge"], **documented(
+    KnowledgePage, 401, 422, 503, said="Knowledge entries, newest first."))
 async def list_knowledge(
     request: Request, who: Viewer, incident_id: str | None = None, service: FilterText = None,
     fingerprint: FilterText = None, limit: Limit = 50, cursor: Cursor = None,
@@ -240,7 +269,7 @@ def _instant(value: str | None, name: str) -> datetime | None:
         raise errors.InvalidInput(f"{name}: {exc}") from None
 
 
-@router.get("/stats", tags=["statistics"])
+@router.get("/stats", tags=["statistics"], **documented(Stats, 401, 422, 503))
 async def stats(
     request: Request, who: Viewer, since: str | None = None, until: str | None = None
 ) -> dict[str, Any]:
@@ -249,7 +278,7 @@ async def stats(
     return await _service(request).stats(who, since=start, until=end)
 
 
-@router.get("/watchdog", tags=["operations"])
+@router.get("/watchdog", tags=["operations"], **documented(Watchdog, 401, 503))
 async def watchdog(request: Request) -> dict[str, Any]:
     """The watchdogs' findings now, computed from the database: ``{"checks": [...]}``."""
     await authorize(request, Role.VIEWER)

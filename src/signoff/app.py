@@ -8,31 +8,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from signoff import __version__, store
+from signoff.answers import Health
 from signoff.api import router
 from signoff.db import Database
 from signoff.http import BodyLimit, CountHTTP, install_error_handlers
 from signoff.listener import ChannelListener, listen_dsn
 from signoff.logs import get_logger
+from signoff.mcp.served import McpEndpoint
 from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
 from signoff.notify.worker import Notifier
+from signoff.openapi import documented, install_docs_pages, install_openapi
 from signoff.resolver import Resolver
 from signoff.scheduler import background_checks
 from signoff.service import Service
 from signoff.settings import Settings
 
 log = get_logger("signoff.app")
+# How long the background tasks have, once told to stop, to finish what they are doing.
+STOP_GRACE_SECONDS = 5.0
+
+
+async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+    """Tell the background tasks to stop and wait for them; cancel one only if it is still
+    busy after ``STOP_GRACE_SECONDS``.
+
+    Each loop ends on ``stop`` and hands its pooled connections back on its way out.
+    Cancelling at once would land in the middle of that hand-back: the pool's reset
+    (a rollback) is interrupted and logged as an error, the connection left broken."""
+    stop.set()
+    if not tasks:
+        return
+    _, busy = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
+    for task in busy:
+        log.warning("task_stop_overdue", task=task.get_name(), grace_seconds=STOP_GRACE_SECONDS)
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def create_app(
@@ -56,6 +78,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        listening: asyncio.Task[None] | None = None
         tasks: list[asyncio.Task[Any]] = []
         client = http_client()
         app.state.http = client
@@ -75,7 +98,8 @@ def create_app(
             listener = ChannelListener(
                 listen_dsn(settings.database_url), store.ENDED_CHANNEL,
                 service.waiters.heard, service.waiters.wake_all, name="waiters")
-            tasks.append(asyncio.create_task(listener.run(), name="signoff-waiters-listen"))
+            # Outside ``tasks``: it holds no pooled connection, so it is simply cancelled.
+            listening = asyncio.create_task(listener.run(), name="signoff-waiters-listen")
         log.info("serve_started", host=settings.host, port=settings.port,
                  database=database.engine.dialect.name, resolver=run_resolver,
                  notifier=notifying)
@@ -83,51 +107,49 @@ def create_app(
             yield
         finally:
             service.waiters.close()
-            stop.set()
-            for task in tasks:
-                task.cancel()
+            if listening is not None:
+                listening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    await listening
+            await stop_tasks(stop, tasks)
             service.notifier = service.resolver = None
             await client.aclose()
             if db is None:
                 await database.dispose()
 
+    mcp = McpEndpoint()
     app = FastAPI(
         title="signoff",
         version=__version__,
         description="A human sign-off gate in front of automated incident remediation.",
-        lifespan=lifespan,
+        lifespan=mcp.around(lifespan),
+        docs_url=None,  # served by install_docs_pages, without a CDN
+        redoc_url=None,
     )
+    install_openapi(app)
     app.state.settings = settings
     app.state.service = service
     app.state.http = None
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(presses_router)
+    app.router.routes.append(mcp.route)  # the MCP tools, for AI agents
     app.add_middleware(BodyLimit)
     app.add_middleware(CountHTTP, counter=meters.http_requests)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], **documented(Health, bearer=False))
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], response_class=Response, responses={
+        200: {"description": "Prometheus text exposition.",
+              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics_text() -> Response:
         """Prometheus text exposition."""
         return Response(generate_latest(meters.registry), media_type=CONTENT_TYPE_LATEST)
 
+    install_docs_pages(app)
+
     return app
 
-
-class Server(uvicorn.Server):
-    """uvicorn's server, telling the app's long-poll waiters the moment shutdown begins:
-    they answer with the state they read then, instead of holding the shutdown up (uvicorn
-    waits for every open answer before it runs the lifespan's shutdown)."""
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        service = getattr(getattr(self.config.app, "state", None), "service", None)
-        if isinstance(service, Service):
-            service.waiters.close()
-        await super().shutdown(sockets)

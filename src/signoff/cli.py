@@ -6,17 +6,30 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.exc import DBAPIError
 
-from signoff.db import Database
+from signoff.cli_client import add_client_commands
+from signoff.db import (
+    Database,
+    is_login_refused,
+    is_missing_database,
+    is_not_a_database,
+    is_unavailable,
+    require_existing,
+)
+from signoff.errors import DatabaseNotReady
 from signoff.lifecycle import Role
 from signoff.logs import configure_logging
-from signoff.migrate import upgrade
+from signoff.migrate import check_schema, upgrade
 from signoff.service import Service
 from signoff.settings import Settings
 
@@ -30,7 +43,16 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+add_client_commands(app)
 err = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The global options: settings given as flags, and how much to say on a failure."""
+
+    settings: dict[str, Any]
+    verbose: bool = False
 
 
 @app.callback()
@@ -68,19 +90,23 @@ def main_options(
     log_format: Annotated[
         str | None, typer.Option(help="auto, json or console [SIGNOFF_LOG_FORMAT].")
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the traceback of a failure too.")
+    ] = False,
 ) -> None:
     """Settings come from SIGNOFF_* variables; a flag overrides its variable."""
-    ctx.obj = {
+    ctx.obj = Options({
         "database_url": database_url, "default_ttl": default_ttl, "max_ttl": max_ttl,
         "display_tz": display_tz, "db_pool_size": db_pool_size,
         "resolver_backstop": resolver_backstop, "resolver_batch_size": resolver_batch_size,
         "log_level": log_level, "log_format": log_format,
-    }
+    }, verbose)
 
 
 def load_settings(ctx: typer.Context, **overrides: Any) -> Settings:
     """Validate settings once, at start; a bad value is a clear message and exit code 2."""
-    given = {k: v for k, v in {**(ctx.obj or {}), **overrides}.items() if v is not None}
+    flags = ctx.obj.settings if isinstance(ctx.obj, Options) else {}
+    given = {k: v for k, v in {**flags, **overrides}.items() if v is not None}
     try:
         settings = Settings(**given)
     except ValidationError as exc:
@@ -108,19 +134,77 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]], *, uvloop: bool = F
         return runner.run(factory())
 
 
-async def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    db = Database.from_settings(settings)
+def explain(exc: BaseException, settings: Settings) -> tuple[int, str] | None:
+    """The exit code and the one line that tell a person what went wrong and what to do,
+    for a failure that is no bug; None for anything else."""
+    url = settings.shown_database_url
+    if isinstance(exc, DatabaseNotReady):
+        return 2, f"cannot use the database {url}: {exc.message}; {exc.advice}"
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    why = next(iter(str(cause).strip().splitlines()), "") or type(cause).__name__
+    if is_missing_database(exc):
+        return 2, f"cannot use the database {url}: {why}; create it, or set SIGNOFF_DATABASE_URL"
+    if is_not_a_database(exc) or is_login_refused(exc):
+        return 2, f"cannot use the database {url}: {why}; set SIGNOFF_DATABASE_URL"
+    if is_unavailable(exc):
+        return 1, f"cannot use the database {url}: {why}"
+    return None
+
+
+@contextmanager
+def expected_failures(ctx: typer.Context, settings: Settings) -> Iterator[None]:
+    """Turn a failure a person can act on (see ``explain``) into one line on stderr and
+    its exit code; the traceback only with ``--verbose``. Anything else goes on up."""
     try:
-        return await work(db)
-    finally:
-        await db.dispose()
+        yield
+    except Exception as exc:
+        explained = explain(exc, settings)
+        if explained is None:
+            raise
+        code, line = explained
+        verbose = isinstance(ctx.obj, Options) and ctx.obj.verbose
+        if verbose:
+            traceback.print_exception(exc)
+        elif code == 1:
+            line += " (signoff -v shows the traceback)"
+        print(f"signoff: {line}", file=sys.stderr, flush=True)
+        raise typer.Exit(code) from None
 
 
-async def _with_service(settings: Settings, work: Callable[[Service], Awaitable[T]]) -> T:
+def run_on_database(
+    ctx: typer.Context,
+    settings: Settings,
+    work: Callable[[Database], Awaitable[T]],
+    *,
+    creates: bool = False,
+    uvloop: bool = False,
+) -> T:
+    """``work`` on the configured database. Only a command that ``creates`` (``serve``,
+    ``db upgrade``: they migrate it themselves) may be given a database that does not
+    exist or is not migrated; any other refuses it before anything is written."""
+
+    async def go() -> T:
+        db = Database.from_settings(settings)
+        try:
+            if not creates:
+                await check_schema(db, settings.sqlite_file)
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    with expected_failures(ctx, settings):
+        if not creates:
+            require_existing(settings)
+        return run_async(go, uvloop=uvloop)
+
+
+def run_on_service(
+    ctx: typer.Context, settings: Settings, work: Callable[[Service], Awaitable[T]]
+) -> T:
     """``work`` on the operations of the configured database (no background tasks)."""
     from signoff.metrics import Metrics
 
-    return await _with_db(settings, lambda db: work(Service(db, settings, Metrics())))
+    return run_on_database(ctx, settings, lambda db: work(Service(db, settings, Metrics())))
 
 
 @app.command()
@@ -132,26 +216,25 @@ def serve(
     """Migrate the database, then serve the HTTP API with the resolver running."""
     import uvicorn
 
-    from signoff.app import Server, create_app
+    from signoff.app import create_app
+    from signoff.server import GracefulServer
 
     settings = load_settings(ctx, host=host, port=port)
 
-    async def go() -> None:
-        db = Database.from_settings(settings)
-        try:
-            await upgrade(db)
-            app_ = create_app(settings, db=db)
-            config = uvicorn.Config(
-                app_, host=settings.host, port=settings.port, log_config=None,
-                access_log=False, lifespan="on",
-            )
-            await Server(config).serve()
-        finally:
-            await db.dispose()
+    async def work(db: Database) -> bool:
+        await upgrade(db)
+        config = uvicorn.Config(
+            create_app(settings, db=db), host=settings.host, port=settings.port,
+            log_config=None, access_log=False, lifespan="on",
+        )
+        server = GracefulServer(config)
+        await server.serve()
+        return server.force_exit
 
     # uvloop's sockets and httptools' parser (chosen by uvicorn when installed) take a
     # good part of the CPU that every call costs the server.
-    run_async(go, uvloop=True)
+    if run_on_database(ctx, settings, work, creates=True, uvloop=True):
+        raise typer.Exit(128 + signal.SIGINT)
 
 
 @db_app.command("upgrade")
@@ -160,8 +243,15 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply migrations up to REVISION (default: head)."""
+    from alembic.util import CommandError
+
     settings = load_settings(ctx)
-    run_async(lambda: _with_db(settings, lambda db: upgrade(db, revision)))
+    try:
+        run_on_database(ctx, settings, lambda db: upgrade(db, revision), creates=True)
+    except CommandError as exc:  # an unknown revision, or one behind the database's
+        print(f"signoff: cannot upgrade the database {settings.shown_database_url} to "
+              f"{revision}: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
     err.print(f"database at {revision}")
 
 
@@ -179,11 +269,8 @@ def token_create(
         raise typer.Exit(2)
     settings = load_settings(ctx)
 
-    async def work(db: Database) -> str:
-        await upgrade(db)
-        return await Service(db, settings, Metrics()).create_token(name, role)
-
-    secret = run_async(lambda: _with_db(settings, work))
+    secret = run_on_database(
+        ctx, settings, lambda db: Service(db, settings, Metrics()).create_token(name, role))
     err.print(f"token for [bold]{name}[/] ({role.value}); it is stored hashed, keep it now:")
     print(secret, flush=True)
 
@@ -200,7 +287,6 @@ def resolve(
     settings = load_settings(ctx)
 
     async def work(db: Database) -> None:
-        await upgrade(db)
         resolver = Resolver(db, settings, Metrics())
         if once:
             result = await _drain_with_progress(resolver)
@@ -217,7 +303,7 @@ def resolve(
             loop.add_signal_handler(sig, stop.set)
         await resolver.run(stop)
 
-    run_async(lambda: _with_db(settings, work))
+    run_on_database(ctx, settings, work)
 
 
 @app.command()
@@ -233,7 +319,6 @@ def notify(
     settings = load_settings(ctx)
 
     async def work(db: Database) -> None:
-        await upgrade(db)
         async with http_client() as client:
             notifier = Notifier(db, settings, Metrics(), build_senders(db, settings, client))
             if once:
@@ -246,7 +331,7 @@ def notify(
                 loop.add_signal_handler(sig, stop.set)
             await notifier.run(stop)
 
-    run_async(lambda: _with_db(settings, work))
+    run_on_database(ctx, settings, work)
 
 
 async def _drain_with_progress(resolver: Any) -> Any:
@@ -282,7 +367,7 @@ def doctor(
     settings = load_settings(ctx)
     allowed = settings.resolver_backstop if grace is None else timedelta(seconds=grace)
 
-    findings = run_async(lambda: _with_service(settings, lambda s: s.doctor(allowed)))
+    findings = run_on_service(ctx, settings, lambda s: s.doctor(allowed))
     if as_json:
         print(json.dumps([
             {"check": f.check, "description": f.description, "violations": f.count,
@@ -313,7 +398,7 @@ def watchdog(
     import json
 
     settings = load_settings(ctx)
-    checks = run_async(lambda: _with_service(settings, lambda s: s.watchdog()))
+    checks = run_on_service(ctx, settings, lambda s: s.watchdog())
     if as_json:
         print(json.dumps({"checks": [c.as_json() for c in checks]}, indent=2))
     else:
@@ -361,13 +446,30 @@ def report(
         raise typer.BadParameter(str(exc), param_hint="'--day'") from None
 
     try:
-        made = run_async(lambda: _with_service(settings, lambda s: s.report(wanted)))
+        made = run_on_service(ctx, settings, lambda s: s.report(wanted))
     except FutureDay as exc:
         raise typer.BadParameter(exc.message, param_hint="'--day'") from None
     if as_json:
         print(json.dumps(made.as_json(), indent=2, ensure_ascii=False))
     else:
         print(made.as_text())
+
+
+@app.command()
+def mcp(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(
+        envvar="SIGNOFF_URL", show_envvar=False,
+        help="The server's URL [SIGNOFF_URL] (default http://127.0.0.1:8700).")] = None,
+    token: Annotated[str | None, typer.Option(
+        envvar="SIGNOFF_TOKEN", show_envvar=False,
+        help="The API token the tools act with [SIGNOFF_TOKEN].")] = None,
+) -> None:
+    """Serve the MCP tools over stdio, for a local AI agent, acting through the HTTP API."""
+    from signoff.mcp.stdio import run
+
+    flags = ctx.obj.settings if isinstance(ctx.obj, Options) else {}
+    raise typer.Exit(run(url, token, log_level=flags.get("log_level")))
 
 
 def main() -> None:

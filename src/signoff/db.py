@@ -16,6 +16,7 @@ it again, once, on a new connection.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from signoff.clock import DatabaseClock
+from signoff.errors import DatabaseMissing
 from signoff.notify.outbox import OPTION as OUTBOX_OPTION
 from signoff.notify.outbox import Routing
 from signoff.settings import Settings
@@ -86,6 +88,30 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def is_missing_database(exc: BaseException) -> bool:
+    """Whether ``exc`` says the PostgreSQL database named in the URL does not exist."""
+    return isinstance(exc, DBAPIError) and _sqlstate(exc) == "3D000"
+
+
+def is_login_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` says PostgreSQL refused the URL's role or password."""
+    return isinstance(exc, DBAPIError) and (_sqlstate(exc) or "").startswith("28")
+
+
+def is_not_a_database(exc: BaseException) -> bool:
+    """Whether ``exc`` says the SQLite file named in the URL is not a database at all."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
+
+
+def require_existing(settings: Settings) -> None:
+    """Refuse an SQLite file that does not exist, before anything opens it: opening one
+    creates it, empty. (``serve`` and ``db upgrade`` may create a database; nothing else.)"""
+    path = settings.sqlite_file
+    if path is not None and not path.exists():
+        raise DatabaseMissing(f"the file {path.absolute()} does not exist")
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """One engine per process, sized by ``SIGNOFF_DB_POOL_SIZE``."""
     url = settings.async_database_url
@@ -94,6 +120,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             url,
             pool_size=settings.db_pool_size,
             max_overflow=0,
+            pool_timeout=settings.db_pool_timeout.total_seconds(),
             pool_recycle=1800,
             connect_args={"server_settings": {"application_name": "signoff", "timezone": "UTC"}},
         )
@@ -101,6 +128,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         url,
         pool_size=settings.db_pool_size,
         max_overflow=0,
+        pool_timeout=settings.db_pool_timeout.total_seconds(),
         connect_args={"timeout": 30},
     )
     _configure_sqlite(engine)

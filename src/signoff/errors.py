@@ -94,6 +94,12 @@ class NeedsAnalysis(InvalidInput):
     code = "needs_analysis"
 
 
+class CallbackRefused(InvalidInput):
+    """callback_url names a destination that signoff does not send callbacks to."""
+
+    code = "callback_refused"
+
+
 class IdempotencyMismatch(InvalidInput):
     """This Idempotency-Key was used before with a different body."""
 
@@ -104,3 +110,26 @@ class FutureDay(InvalidInput):
     """That day has not begun yet in the display time zone: there is nothing to report."""
 
     code = "future_day"
+
+
+class DatabaseNotReady(SignoffError):
+    """The database is not ready for signoff."""
+
+    code = "database_not_ready"
+    http_status = 503
+    # What a person can do about it, after the message.
+    advice = "set SIGNOFF_DATABASE_URL, or run signoff db upgrade"
+
+
+class DatabaseMissing(DatabaseNotReady):
+    """The database does not exist."""
+
+
+class DatabaseNotMigrated(DatabaseNotReady):
+    """The database is not migrated: it has no signoff schema, or an older one."""
+
+
+class DatabaseTooNew(DatabaseNotReady):
+    """The database was migrated by a newer signoff than this one."""
+
+    advice = "run the signoff version that migrated it, or newer"

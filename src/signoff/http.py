@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -101,6 +102,16 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database_unavailable", error=repr(exc))
         return JSONResponse(
             error_body("unavailable", "the database is unavailable; try again"),
+            status_code=503, headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _busy(_: Request, exc: PoolTimeout) -> JSONResponse:
+        # An overload, not a fault: no traceback, which under load would add to it.
+        log.warning("database_pool_exhausted", error=str(exc).split(". ", 1)[0])
+        return JSONResponse(
+            error_body("unavailable", "the server is busy: no database connection came "
+                                      "free in time; try again"),
             status_code=503, headers={"Retry-After": "1"},
         )
 

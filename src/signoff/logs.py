@@ -35,6 +35,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The MCP SDK logs every stateless call's end at info; its warnings and errors stay.
+    logging.getLogger("mcp").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

@@ -104,6 +104,7 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.thresholds = Thresholds.from_settings(settings)
+        self.callbacks = settings.callback_policy
         self.notifier: Notifier | None = None
         self.resolver: Resolver | None = None
         self.waiters = Waiters()
@@ -247,6 +248,8 @@ class Service:
                     return await _request_out(conn, now, previous), False, previous["expires_at"]
             expires_at = request_deadline(
                 body, now, default_ttl=settings.default_ttl, max_ttl=settings.max_ttl)
+            if body.callback_url is not None:  # by its text: no DNS while creating
+                self.callbacks.check_url(body.callback_url)
             data = {
                 **body.model_dump(),
                 "needs_analysis": settings.is_placeholder(body.action),

@@ -8,39 +8,17 @@ from __future__ import annotations
 
 import re
 from datetime import time, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-# Anything longer is a typo, and ``now + duration`` must stay a valid datetime.
-_LONGEST = timedelta(days=3650)
-
-
-def parse_duration(value: Any) -> timedelta:
-    """Turn ``15m``, ``90s``, ``7d``, ``1.5h`` or a plain number of seconds into a timedelta."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(
-                f"{value!r} is not a duration; use a number with a unit, like 90s, 15m, 2h or 7d"
-            )
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-    else:
-        raise ValueError(f"{value!r} is not a duration")
-    if not seconds > 0:  # also refuses NaN
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    if seconds > _LONGEST.total_seconds():
-        raise ValueError(f"{value!r} is too long; a duration may be at most {_LONGEST.days}d")
-    return timedelta(seconds=seconds)
-
+from signoff.destinations import CallbackPolicy
+from signoff.durations import parse_duration
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
@@ -74,6 +52,7 @@ class Settings(BaseSettings):
     max_ttl: Duration = timedelta(days=7)
     display_tz: str = "UTC"
     db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_pool_timeout: Duration = timedelta(seconds=30)
     resolver_backstop: Duration = timedelta(seconds=2)
     resolver_batch_size: int = Field(default=1000, ge=1, le=100_000)
     log_level: str = "info"
@@ -89,6 +68,9 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = None
     telegram_approvers: str = ""
     reminder_fractions: str = "0.5,0.9"
+    # Where requesters' callbacks may go besides public addresses (``signoff.destinations``):
+    # comma-separated in the environment.
+    callback_allow: Annotated[tuple[str, ...], NoDecode] = ()
     # Watchdogs (checked in serve every interval, and when read).
     watchdog_interval: Duration = timedelta(seconds=30)
     watchdog_notify_grace: Duration = timedelta(seconds=120)
@@ -156,6 +138,18 @@ class Settings(BaseSettings):
         parse_fractions(value)
         return value
 
+    @field_validator("callback_allow", mode="before")
+    @classmethod
+    def _split_callback_allow(cls, value: Any) -> Any:
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _check_callback_allow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        entries = tuple(entry.strip() for entry in value if entry.strip())
+        CallbackPolicy.from_entries(entries)
+        return entries
+
     @model_validator(mode="after")
     def _check_telegram(self) -> Settings:
         if (self.telegram_bot_token is None) != (self.telegram_chat_id is None):
@@ -181,6 +175,27 @@ class Settings(BaseSettings):
         return self.async_database_url.startswith("postgresql")
 
     @property
+    def shown_database_url(self) -> str:
+        """The database URL as given, its password masked: for messages a person reads."""
+        given = self.database_url.strip()
+        try:
+            url = make_url(given)
+            return given if url.password is None else url.render_as_string(hide_password=True)
+        except ArgumentError:
+            return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", given)
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The file of an SQLite database; None on PostgreSQL or for an in-memory one."""
+        url = make_url(self.async_database_url)
+        if url.get_backend_name() != "sqlite":
+            return None
+        name = url.database or ""
+        if name in ("", ":memory:") or url.query.get("mode") == "memory":
+            return None
+        return Path(name.removeprefix("file:").split("?", 1)[0])  # also the uri=true form
+
+    @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.display_tz)
 
@@ -198,6 +213,11 @@ class Settings(BaseSettings):
     def approvers(self) -> dict[int, str]:
         """Telegram user id → the approver name a press by that user decides as."""
         return parse_approvers(self.telegram_approvers)
+
+    @property
+    def callback_policy(self) -> CallbackPolicy:
+        """Where callbacks may go, parsed from ``callback_allow``."""
+        return CallbackPolicy.from_entries(self.callback_allow)
 
     @property
     def reminders(self) -> tuple[float, ...]:

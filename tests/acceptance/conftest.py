@@ -26,11 +26,12 @@ def signoff_command(*args: str) -> list[str]:
 
 
 def run_signoff(
-    env: dict[str, str], *args: str, timeout: float = 60
+    env: dict[str, str], *args: str, timeout: float = 60, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         signoff_command(*args),
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -85,8 +86,11 @@ class Server:
                 self.process.wait(10)
 
 
-def start_server(database_url: str, log_path: Path, **extra_env: str) -> Server:
-    port = free_port()
+def start_server(
+    database_url: str, log_path: Path, *, port: int | None = None, **extra_env: str
+) -> Server:
+    """``signoff serve`` on ``port`` (default: a free one), once it answers ``/healthz``."""
+    port = port or free_port()
     env = {
         **os.environ,
         "SIGNOFF_DATABASE_URL": database_url,

@@ -4,6 +4,7 @@ Telegram Bot API. Each records what it was sent and answers as a test scripts it
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -136,10 +137,14 @@ class FakeBotApi(Recorder):
 
 
 @contextmanager
-def serving(recorder: Recorder) -> Iterator[Recorder]:
+def serving(recorder: Recorder, tls: ssl.SSLContext | None = None) -> Iterator[Recorder]:
+    """``recorder`` behind a server on 127.0.0.1; with ``tls``, speaking HTTPS."""
     server = _Server(("127.0.0.1", 0), _Handler)
     server.owner = recorder
     recorder.url = f"http://127.0.0.1:{server.server_address[1]}"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        recorder.url = recorder.url.replace("http://", "https://")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -41,7 +41,7 @@ def receiver() -> Iterator[Recorder]:
 
 def _settings(db_url: str, receiver: Recorder, **extra: Any) -> Settings:
     return Settings(database_url=db_url, webhook_url=receiver.url + "/hook",
-                    webhook_secret=SECRET, **extra)
+                    webhook_secret=SECRET, callback_allow=["http://127.0.0.1"], **extra)
 
 
 @pytest.fixture

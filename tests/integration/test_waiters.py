@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -19,6 +20,15 @@ from signoff.service import Service
 from signoff.settings import Settings
 from signoff.tables import requests
 from signoff.waiters import Waiters
+
+
+async def settled(check: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
 
 BOT = Principal("bot", Role.REQUESTER)
 ALICE = Principal("alice", Role.APPROVER)
@@ -52,8 +62,7 @@ async def test_waiters_hold_no_connection(db_url: str) -> None:
         made, _ = await service.create_request(BOT, RequestIn(action="restart"))
         waiting = [asyncio.create_task(service.get_request(VIEWER, made["id"], wait=20))
                    for _ in range(20)]
-        while len(service.waiters) < 20:
-            await asyncio.sleep(0.01)
+        await settled(lambda: len(service.waiters) == 20)
         # With every waiter asleep, the one connection still serves a create and a decision.
         async with asyncio.timeout(5):
             other, _ = await service.create_request(BOT, RequestIn(action="other"))
@@ -99,8 +108,7 @@ async def test_closing_answers_every_waiter_and_payloads_are_read_safely() -> No
 
     rid = uuid.uuid4()
     tasks = [asyncio.create_task(waiters.wait(rid, 60, read)) for _ in range(3)]
-    while len(waiters) < 3:
-        await asyncio.sleep(0)
+    await settled(lambda: len(waiters) == 3)
     waiters.heard(f"{uuid.uuid4()},{uuid.uuid4()}")  # others' requests: nobody reads
     await asyncio.sleep(0.01)
     assert reads == 3

@@ -175,3 +175,25 @@ def test_notification_settings_parse_and_refuse_nonsense() -> None:
                 {"webhook_url": "ftp://x"}):
         with pytest.raises(ValueError):
             Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_callback_allow_list_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().callback_allow == ()  # empty: public addresses only
+    monkeypatch.setenv("SIGNOFF_CALLBACK_ALLOW",
+                       " https://hooks.example.com/ci/, *.corp.example,,10.0.0.0/8 ")
+    s = Settings()
+    assert s.callback_allow == ("https://hooks.example.com/ci/", "*.corp.example", "10.0.0.0/8")
+    assert s.callback_policy.check_url("http://10.1.2.3/x") is not None
+    assert Settings(callback_allow=["http://127.0.0.1"]).callback_policy.check_url(
+        "http://127.0.0.1:9/x").listed
+
+
+@pytest.mark.parametrize(
+    "value", ["ftp://files.example.com/", "*", "hooks.example.com:8443", "10.0.0.0/33",
+              '["hooks.example.com"]'])
+def test_callback_allow_entries_that_mean_nothing_stop_the_start(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SIGNOFF_CALLBACK_ALLOW", value)
+    with pytest.raises(ValidationError, match="callback_allow"):
+        Settings()

@@ -6,6 +6,7 @@ import httpx
 
 from signoff.db import Database
 from signoff.notify.delivery import Sender
+from signoff.notify.egress import CallbackTransport
 from signoff.notify.outbox import Channel
 from signoff.notify.telegram import BotApi, TelegramSender
 from signoff.notify.webhook import SignedPoster
@@ -17,6 +18,14 @@ TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 def http_client() -> httpx.AsyncClient:
     """One client per process for every delivery; redirects are not followed."""
     return httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
+
+
+def callback_client(settings: Settings) -> httpx.AsyncClient:
+    """The client of requesters' callbacks: only to destinations the settings allow, each
+    connection to an address that was checked (``notify.egress``). It keeps no
+    connections between deliveries: nothing to close."""
+    transport = CallbackTransport(settings.callback_policy)
+    return httpx.AsyncClient(transport=transport, timeout=TIMEOUT, follow_redirects=False)
 
 
 def bot_api(settings: Settings, client: httpx.AsyncClient) -> BotApi | None:
@@ -32,7 +41,8 @@ def build_senders(
     secret = None if settings.webhook_secret is None else (
         settings.webhook_secret.get_secret_value())
     senders: dict[str, Sender] = {
-        Channel.CALLBACK.value: SignedPoster(client, url=None, secret=secret),
+        Channel.CALLBACK.value: SignedPoster(callback_client(settings), url=None,
+                                             secret=secret),
     }
     if settings.webhook_url is not None:
         senders[Channel.WEBHOOK.value] = SignedPoster(

@@ -17,10 +17,12 @@ from typing import Any
 from fastapi import APIRouter, BackgroundTasks, Request
 
 from signoff import errors
+from signoff.answers import TelegramAck
 from signoff.lifecycle import Principal, Role
 from signoff.logs import get_logger
 from signoff.notify.channels import bot_api, http_client
 from signoff.notify.delivery import DeliveryFailed
+from signoff.openapi import documented
 from signoff.service import Service
 from signoff.settings import Settings
 
@@ -71,7 +73,15 @@ def _reason(exc: errors.SignoffError) -> str:
     return "Nothing changed: " + exc.message
 
 
-@router.post("/telegram/webhook", tags=["telegram"], include_in_schema=True)
+@router.post("/telegram/webhook", tags=["telegram"], **documented(
+    TelegramAck, 401, 413, 422, 503, bearer=False,
+    notes={401: "Missing or wrong X-Telegram-Bot-Api-Secret-Token; nothing changes.",
+           422: "The body is not valid JSON."},
+    extra={"parameters": [{"name": SECRET_HEADER, "in": "header", "required": True,
+                           "schema": {"type": "string"}}],
+           "requestBody": {"required": True, "content": {"application/json": {"schema": {}}},
+                           "description": "A Telegram Update: what is not a button press "
+                                          "is acknowledged and ignored."}}))
 async def telegram_webhook(request: Request, background: BackgroundTasks) -> dict[str, Any]:
     """Receive an update from Telegram: button presses decide, nothing else does."""
     settings: Settings = request.app.state.settings

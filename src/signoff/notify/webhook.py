@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from signoff.errors import CallbackRefused
 from signoff.notify.delivery import AfterDelivery, DeliveryFailed, check_http
 
 Row = Mapping[Any, Any]
@@ -80,6 +81,10 @@ class SignedPoster:
             headers[SIGNATURE_HEADER] = sign(self.secret, body, int(self.clock()))
         try:
             response = await self.client.post(url, content=body, headers=headers)
+        except CallbackRefused as refused:  # where it points, not how the attempt went
+            raise DeliveryFailed(refused.message, permanent=True) from refused
+        except httpx.InvalidURL as exc:
+            raise DeliveryFailed(f"not a valid URL: {exc}", permanent=True) from exc
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
         check_http(response, datetime.now(UTC))

@@ -204,6 +204,7 @@ class Notifier:
         (self._log.error if dead else self._log.warning)(
             "notification_dead" if dead else "notification_failed",
             item_id=item["id"], channel=item["channel"], notification=item["event"],
+            request_id=item["request_id"] and str(item["request_id"]),
             attempts=item["attempts"], error=error,
             retry_in_seconds=None if delay is None else round(delay, 3),
         )
