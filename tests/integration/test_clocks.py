@@ -52,6 +52,11 @@ from tests.integration.store_support import new_incident, new_request
 
 HOUR = 3600.0
 MAX_TTL = timedelta(minutes=30)
+# signoff carries PostgreSQL's clock forward from a reading (``signoff.clock``), exact to
+# within half the round trip that fetched it: on a loaded machine a few milliseconds. An
+# instant it stamps may stray that far outside the window the test measured around it;
+# an hour's skew leaking through would not fit.
+CLOCK_ERROR = timedelta(milliseconds=100)
 # Preloaded into the server itself: the ``faketime`` command would fork it as a child of its
 # own, and a child left behind would go on expiring requests in the test database.
 LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
@@ -227,6 +232,11 @@ def _at(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+def _within(instant: datetime, start: datetime, end: datetime) -> bool:
+    """``instant`` lies between ``start`` and ``end``, give or take the clock's error."""
+    return start - CLOCK_ERROR <= instant <= end + CLOCK_ERROR
+
+
 def scenario(server: Server, clock: Reference) -> dict[str, Any]:
     """Create, decide, read and let expire, noting each outcome against ``clock``."""
     bot, alice, bob = server.client("bot"), server.client("alice"), server.client("bob")
@@ -236,14 +246,16 @@ def scenario(server: Server, clock: Reference) -> dict[str, Any]:
     t0 = clock.now()
     incident = bot.post("/incidents", json={"title": "disk full", "severity": "high"}).json()
     t1 = clock.now()
-    seen["incident opened at the clock's time"] = t0 <= _at(incident["opened_at"]) <= t1  # type: ignore[operator]
+    opened = _at(incident["opened_at"])
+    assert opened is not None
+    seen["incident opened at the clock's time"] = _within(opened, t0, t1)
 
     short = bot.post("/approvals", json={"incident_id": incident["id"], "action": "restart",
                                          "ttl_seconds": 2}).json()
     t2 = clock.now()
     created, deadline = _at(short["created_at"]), _at(short["expires_at"])
     assert created is not None and deadline is not None
-    seen["request created at the clock's time"] = t1 <= created <= t2
+    seen["request created at the clock's time"] = _within(created, t1, t2)
     seen["ttl counted from creation"] = deadline - created == timedelta(seconds=2)
     seen["read before the deadline"] = viewer.get(f"/approvals/{short['id']}").json()["status"]
     listed = viewer.get("/approvals", params={"status": "pending"}).json()["items"]
@@ -268,7 +280,7 @@ def scenario(server: Server, clock: Reference) -> dict[str, Any]:
         after = clock.now()
         body = answer.json()
         decided = _at(body.get("decided_at"))
-        on_clock = decided is not None and before <= decided <= after
+        on_clock = decided is not None and _within(decided, before, after)
         trail = [e["at"] for e in viewer.get(f"/approvals/{rid}/events").json()["items"]]
         seen[verb] = (answer.status_code, body.get("status"), on_clock,
                       trail == [body.get("created_at"), body.get("decided_at")])
