@@ -28,7 +28,7 @@ counts them all. Phases:
   same way.
 - **cross-replica**: a second ``signoff serve`` (replica B) on the same database;
   ``--cross-waiters`` new requests with their waiters on A, decided through B at
-  ``--cross-rate`` per second, so that each waiter is woken by ``NOTIFY signoff_ended``.
+  ``--cross-rate`` per second, so that each waiter is woken by ``NOTIFY signoff_changed``.
   A ``LISTEN`` of this process's own times the NOTIFY's delivery apart from A's part.
 
 A waiter's latency runs from its request's ``decided_at`` (the database's clock as the
@@ -100,7 +100,7 @@ from api import (
 from soak import spawn_replica
 
 from signoff.settings import Settings
-from signoff.store import ENDED_CHANNEL
+from signoff.store import CHANGED_CHANNEL
 
 T = TypeVar("T")
 TTL_SECONDS = 3600  # nothing expires while the benchmark runs
@@ -622,7 +622,7 @@ class Run:
         return figures
 
     async def cross(self) -> dict[str, Any]:
-        """Waiters on A, decisions through B: each woken by ``NOTIFY signoff_ended``."""
+        """Waiters on A, decisions through B: each woken by ``NOTIFY signoff_changed``."""
         self.b = spawn_serve(self.url, self.logs / "serve-b.log",
                              SIGNOFF_DB_POOL_SIZE=str(self.args.pool_size))
         await wait_ready(self.b)
@@ -641,7 +641,7 @@ class Run:
 
         listener = await asyncpg.connect(plain_postgres_url(self.url))
         try:
-            await listener.add_listener(ENDED_CHANNEL, hear)
+            await listener.add_listener(CHANGED_CHANNEL, hear)
             decider_cpu = process_cpu(self.b.pid)
             figures = await self.decide(
                 "cross-replica", random.sample(ids, len(ids)), rate=self.args.cross_rate,

@@ -96,7 +96,7 @@ def create_app(
             tasks.append(asyncio.create_task(scheduler.run(stop), name="signoff-scheduler"))
         if database.is_postgres:  # long-poll waiters hear of other replicas' decisions
             listener = ChannelListener(
-                listen_dsn(settings.database_url), store.ENDED_CHANNEL,
+                listen_dsn(settings.database_url), store.CHANGED_CHANNEL,
                 service.waiters.heard, service.waiters.wake_all, name="waiters")
             # Outside ``tasks``: it holds no pooled connection, so it is simply cancelled.
             listening = asyncio.create_task(listener.run(), name="signoff-waiters-listen")

@@ -1,10 +1,11 @@
 """LISTEN on PostgreSQL: how one replica hears of what another committed.
 
 ``create_request`` sends one ``NOTIFY signoff_deadlines, '<deadline>'`` per transaction
-(the resolver listens); a decision or a cancellation sends ``NOTIFY signoff_ended,
-'<request ids>'`` (the long-poll waiters listen). A listener holds a connection of its
-own, outside the pool (LISTEN belongs to a session), and keeps it up: while it is down,
-the resolver's backstop keeps expiry going and waiters answer at their deadline.
+(the resolver listens); a decision, an approval or a cancellation sends ``NOTIFY
+signoff_changed, '<request ids>'`` (the long-poll waiters listen). A listener holds a
+connection of its own, outside the pool (LISTEN belongs to a session), and keeps it up:
+while it is down, the resolver's backstop keeps expiry going and waiters answer at their
+deadline.
 """
 
 from __future__ import annotations

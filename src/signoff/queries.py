@@ -107,6 +107,16 @@ async def list_requests(
     return _page(rows, limit, "created_at")
 
 
+async def requests_by_id(
+    conn: AsyncConnection, request_ids: Sequence[uuid.UUID]
+) -> list[tuple[Row, list[Row]]]:
+    """The requests of these ids that exist, each with its approvals, in no order."""
+    query = sa.select(requests).where(requests.c.id.in_(list(request_ids)))
+    rows = (await conn.execute(query)).mappings().all()
+    votes = await approvals_of(conn, [r["id"] for r in rows if r["approval_count"]])
+    return [(r, votes[r["id"]] if r["approval_count"] else []) for r in rows]
+
+
 async def approvals_of(
     conn: AsyncConnection, request_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Row]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -49,7 +49,7 @@ from signoff.schemas import (
 )
 from signoff.settings import Settings
 from signoff.views import event_view, incident_view, knowledge_view, request_view
-from signoff.waiters import Waiters, ended_requests
+from signoff.waiters import BatchReader, Reading, Waiters, changed_requests
 from signoff.watchdog import CheckResult, Thresholds, run_watchdogs
 
 T = TypeVar("T")
@@ -108,6 +108,7 @@ class Service:
         self.notifier: Notifier | None = None
         self.resolver: Resolver | None = None
         self.waiters = Waiters()
+        self._reads = BatchReader(self._readings)
         self._principals: dict[str, tuple[float, Principal]] = {}
 
     # -- the unit of work ---------------------------------------------------------------
@@ -116,7 +117,7 @@ class Service:
         """Run ``work`` in one transaction; after it commits, count what it did."""
         written: list[dict[str, Any]] = []
         queued: list[int] = []
-        ended: list[uuid.UUID] = []
+        changed: list[uuid.UUID] = []
 
         async def collecting(conn: AsyncConnection, now: datetime) -> T:
             attempt: list[dict[str, Any]] = []
@@ -131,16 +132,16 @@ class Service:
             finally:
                 info.pop(store.EVENTS_KEY, None)
                 info.pop(OUTBOX_ADDED, None)
-            ended[:] = ended_requests(attempt)
-            if ended and self.db.is_postgres:  # other replicas' waiters hear at the commit
-                await store.notify_ended(conn, ended)
+            changed[:] = changed_requests(attempt)
+            if changed and self.db.is_postgres:  # other replicas' waiters hear at the commit
+                await store.notify_changed(conn, changed)
             written[:] = attempt  # only the attempt that committed counts
             queued[:] = outbox
             return result
 
         result = await self.db.run(collecting)
-        if ended:
-            self.waiters.wake(ended)
+        if changed:
+            self.waiters.wake(changed)
         self.metrics.observe_events(written)
         # Only a transaction that queued something gives the worker work: waking it for
         # every write made it read the outbox again and again under load.
@@ -150,6 +151,15 @@ class Service:
 
     async def _read(self, work: Work[T]) -> T:
         return await self.db.run(work, readonly=True)
+
+    async def _readings(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Reading]:
+        """Requests as answered, with the seconds to their deadlines: one query for all."""
+
+        async def work(conn: AsyncConnection, now: datetime) -> dict[uuid.UUID, Reading]:
+            return {r["id"]: (request_view(r, votes, now), (r["expires_at"] - now).total_seconds())
+                    for r, votes in await queries.requests_by_id(conn, ids)}
+
+        return await self._read(work)
 
     # -- tokens -------------------------------------------------------------------------
 
@@ -276,19 +286,14 @@ class Service:
         deadline or the wait has come), holding no connection meanwhile."""
         _allow(who, Role.VIEWER)
         rid = parse_id(request_id, errors.RequestNotFound)
-
-        async def work(conn: AsyncConnection, now: datetime) -> tuple[Page, float]:
-            row = await store.get_request(conn, rid)
-            return await _request_out(conn, now, row), (row["expires_at"] - now).total_seconds()
-
-        if not wait:
-            return (await self._read(work))[0]
-        if isinstance(wait, errors.InvalidInput):
-            await self._read(work)  # an unknown request is a 404 before a bad wait's 422
-            raise wait
+        if not wait or isinstance(wait, errors.InvalidInput):
+            out, _ = await self._reads.read(rid)  # a 404 comes before a bad wait's 422
+            if isinstance(wait, errors.InvalidInput):
+                raise wait
+            return out
         self.metrics.waiters.inc()
         try:
-            return await self.waiters.wait(rid, wait, lambda: self._read(work))
+            return await self.waiters.wait(rid, wait, lambda: self._reads.read(rid))
         finally:
             self.metrics.waiters.dec()
 

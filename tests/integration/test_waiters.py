@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
@@ -19,7 +19,7 @@ from signoff.schemas import DecisionIn, RequestIn
 from signoff.service import Service
 from signoff.settings import Settings
 from signoff.tables import requests
-from signoff.waiters import Waiters
+from signoff.waiters import BatchReader, Reading, Waiters
 
 
 async def settled(check: Callable[[], bool]) -> None:
@@ -119,3 +119,80 @@ async def test_closing_answers_every_waiter_and_payloads_are_read_safely() -> No
     answers = await asyncio.wait_for(asyncio.gather(*tasks), 1)
     assert answers == [{"status": "pending"}] * 3
     assert len(waiters) == 0
+
+
+async def test_a_wait_that_runs_out_unwoken_answers_what_it_read() -> None:
+    waiters = Waiters()
+    reads = 0
+
+    async def read() -> tuple[dict[str, str], float]:
+        nonlocal reads
+        reads += 1
+        return {"status": "pending", "read": str(reads)}, 3600.0
+
+    rid = uuid.uuid4()
+    assert await waiters.wait(rid, 0.05, read) == {"status": "pending", "read": "1"}
+    assert reads == 1  # nothing woke it: no second read
+    woken = asyncio.create_task(waiters.wait(rid, 0.2, read))
+    await settled(lambda: len(waiters) == 1)
+    waiters.wake([rid])  # an approval short of the quorum: read again, wait on
+    assert await woken == {"status": "pending", "read": "3"}
+    assert reads == 3
+
+
+async def test_an_approval_short_of_the_quorum_shows_in_a_wait_that_runs_out(
+    db_url: str,
+) -> None:
+    db = Database.from_settings(Settings(database_url=db_url))
+    service = Service(db, Settings(database_url=db_url), Metrics())
+    try:
+        made, _ = await service.create_request(
+            BOT, RequestIn(action="restart", required_approvals=2))
+        waiting = asyncio.create_task(service.get_request(VIEWER, made["id"], wait=1.0))
+        await settled(lambda: len(service.waiters) == 1)
+        await service.approve(ALICE, made["id"], DecisionIn())
+        answer = await asyncio.wait_for(waiting, 5)
+        assert answer["status"] == "pending"
+        assert [a["by"] for a in answer["approvals"]] == ["alice"]
+    finally:
+        await db.dispose()
+
+
+async def test_reads_asked_together_are_one_query_each_answered_for_itself(
+    db_url: str,
+) -> None:
+    db = Database.from_settings(Settings(database_url=db_url))
+    service = Service(db, Settings(database_url=db_url), Metrics())
+    statements: list[str] = []
+    sa.event.listen(db.engine.sync_engine, "before_cursor_execute",
+                    lambda *args: statements.append(args[2]))
+    try:
+        made = [(await service.create_request(BOT, RequestIn(action=f"a{i}")))[0]
+                for i in range(30)]
+        await service.approve(ALICE, made[0]["id"], DecisionIn())
+        statements.clear()
+        missing = str(uuid.uuid4())
+        answers = await asyncio.gather(
+            *(service.get_request(VIEWER, m["id"]) for m in made),
+            service.get_request(VIEWER, missing), return_exceptions=True)
+        assert [a["id"] for a in answers[:30]] == [m["id"] for m in made]  # type: ignore[index]
+        assert answers[0]["status"] == "approved"  # type: ignore[index]
+        assert isinstance(answers[30], errors.RequestNotFound)
+        selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert len([s for s in selects if "FROM approval_requests" in s]) == 1, selects
+    finally:
+        await db.dispose()
+
+
+async def test_a_failed_batch_read_fails_each_of_its_readers() -> None:
+    calls: list[list[uuid.UUID]] = []
+
+    async def read_many(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Reading]:
+        calls.append(list(ids))
+        raise ConnectionError("database gone")
+
+    reader = BatchReader(read_many)
+    futures = [reader.read(uuid.uuid4()) for _ in range(3)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert len(calls) == 1 and len(calls[0]) == 3

@@ -29,7 +29,7 @@ from signoff.store.incidents import (
     resolve_incident,
 )
 from signoff.store.requests import (
-    ENDED_CHANNEL,
+    CHANGED_CHANNEL,
     WAKE_CHANNEL,
     approve_request,
     cancel_request,
@@ -38,7 +38,7 @@ from signoff.store.requests import (
     explain_refusal,
     find_idempotent_request,
     get_request,
-    notify_ended,
+    notify_changed,
     reject_request,
     report_outcome,
 )
@@ -46,7 +46,7 @@ from signoff.store.rows import EVENTS_KEY, PENDING, Row, is_live, record_events
 from signoff.store.tokens import authenticate, create_token, hash_token
 
 __all__ = [
-    "ENDED_CHANNEL",
+    "CHANGED_CHANNEL",
     "EVENTS_KEY",
     "PENDING",
     "WAKE_CHANNEL",
@@ -71,7 +71,7 @@ __all__ = [
     "hash_token",
     "is_live",
     "next_deadline",
-    "notify_ended",
+    "notify_changed",
     "pending_overview",
     "record_events",
     "reject_request",

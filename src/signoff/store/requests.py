@@ -31,7 +31,7 @@ from signoff.store.rows import PENDING, Row, record_events
 from signoff.tables import approvals, incidents, requests
 
 WAKE_CHANNEL = "signoff_deadlines"
-ENDED_CHANNEL = "signoff_ended"
+CHANGED_CHANNEL = "signoff_changed"
 
 
 async def create_request(
@@ -411,10 +411,10 @@ async def report_outcome(
     return row
 
 
-_NOTIFY_ENDED = Prepared(sa.select(sa.func.pg_notify(
-    ENDED_CHANNEL, sa.bindparam("ids", type_=sa.Text))))
+_NOTIFY_CHANGED = Prepared(sa.select(sa.func.pg_notify(
+    CHANGED_CHANNEL, sa.bindparam("ids", type_=sa.Text))))
 
 
-async def notify_ended(conn: AsyncConnection, request_ids: Sequence[uuid.UUID]) -> None:
-    """PostgreSQL only: tell other replicas' waiters, at the commit, that these ended."""
-    await _NOTIFY_ENDED.rows(conn, {"ids": ",".join(str(rid) for rid in request_ids)})
+async def notify_changed(conn: AsyncConnection, request_ids: Sequence[uuid.UUID]) -> None:
+    """PostgreSQL only: tell other replicas' waiters, at the commit, that these changed."""
+    await _NOTIFY_CHANGED.rows(conn, {"ids": ",".join(str(rid) for rid in request_ids)})
