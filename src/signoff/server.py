@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import threading
@@ -9,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
+
+from signoff.collector import Collector
 
 
 class GracefulServer(uvicorn.Server):
@@ -22,13 +25,24 @@ class GracefulServer(uvicorn.Server):
     It also tells the app's long-poll waiters the moment shutdown begins: they answer with
     the state they read then, instead of holding the shutdown up (uvicorn waits for every
     open answer before it runs the lifespan's shutdown).
+
+    While it serves, a ``Collector`` keeps the garbage collector's full passes off the
+    long-lived objects (``signoff.collector``).
     """
+
+    _collecting: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._collecting = asyncio.create_task(Collector().run(), name="signoff-collector")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         service = getattr(getattr(self.config.app, "state", None), "service", None)
         waiters = getattr(service, "waiters", None)
         if waiters is not None:
             waiters.close()
+        if self._collecting is not None:
+            self._collecting.cancel()
         await super().shutdown(sockets)
 
     @contextmanager
