@@ -145,6 +145,21 @@ class KnowledgePage(Answer):
     next_cursor: str | None
 
 
+class Token(Answer):
+    """A token as an admin sees it: never its secret, nor its hash."""
+
+    name: str
+    role: str
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="To within a minute; null if never.")
+    revoked_at: datetime | None
+    revoked: bool
+
+
+class TokenList(Answer):
+    items: list[Token]
+
+
 # -- statistics and operations ------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from signoff.answers import (
     KnowledgePage,
     RequestPage,
     Stats,
+    TokenList,
     Watchdog,
 )
 from signoff.http import (
@@ -284,3 +285,14 @@ async def watchdog(request: Request) -> dict[str, Any]:
     await authorize(request, Role.VIEWER)
     checks = await _service(request).watchdog()
     return {"checks": [c.as_json() for c in checks]}
+
+
+# -- tokens -----------------------------------------------------------------------------
+
+
+@router.get("/tokens", tags=["tokens"], **documented(
+    TokenList, 401, 403, 503, said="Every token, revoked ones too, oldest first."))
+async def list_tokens(request: Request) -> dict[str, Any]:
+    """The tokens (admin): name, role, when made, last used and revoked."""
+    who = await authorize(request, Role.ADMIN)
+    return {"items": await _service(request).list_tokens(who)}

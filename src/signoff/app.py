@@ -94,10 +94,10 @@ def create_app(
         if watching:
             scheduler = background_checks(database, settings, meters)
             tasks.append(asyncio.create_task(scheduler.run(stop), name="signoff-scheduler"))
-        if database.is_postgres:  # long-poll waiters hear of other replicas' decisions
+        if database.is_postgres:  # waiters and the token cache hear of other replicas' writes
             listener = ChannelListener(
                 listen_dsn(settings.database_url), store.CHANGED_CHANNEL,
-                service.waiters.heard, service.waiters.wake_all, name="waiters")
+                service.heard, service.listening_again, name="waiters")
             # Outside ``tasks``: it holds no pooled connection, so it is simply cancelled.
             listening = asyncio.create_task(listener.run(), name="signoff-waiters-listen")
         log.info("serve_started", host=settings.host, port=settings.port,

@@ -6,53 +6,32 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
-from sqlalchemy.exc import DBAPIError
 
 from signoff.cli_client import add_client_commands
-from signoff.db import (
-    Database,
-    is_login_refused,
-    is_missing_database,
-    is_not_a_database,
-    is_unavailable,
-    require_existing,
+from signoff.cli_people import token_app
+from signoff.cli_support import (
+    Options,
+    err,
+    load_settings,
+    run_on_database,
+    run_on_service,
 )
-from signoff.errors import DatabaseNotReady
-from signoff.lifecycle import Role
-from signoff.logs import configure_logging
-from signoff.migrate import check_schema, upgrade
-from signoff.service import Service
-from signoff.settings import Settings
+from signoff.db import Database
+from signoff.migrate import upgrade
 
-T = TypeVar("T")
 app = typer.Typer(
     help="signoff: a human sign-off gate in front of automated incident remediation.",
     no_args_is_help=True,
     add_completion=False,
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 add_client_commands(app)
-err = Console(stderr=True)
-
-
-@dataclass(frozen=True)
-class Options:
-    """The global options: settings given as flags, and how much to say on a failure."""
-
-    settings: dict[str, Any]
-    verbose: bool = False
 
 
 @app.callback()
@@ -103,110 +82,6 @@ def main_options(
     }, verbose)
 
 
-def load_settings(ctx: typer.Context, **overrides: Any) -> Settings:
-    """Validate settings once, at start; a bad value is a clear message and exit code 2."""
-    flags = ctx.obj.settings if isinstance(ctx.obj, Options) else {}
-    given = {k: v for k, v in {**flags, **overrides}.items() if v is not None}
-    try:
-        settings = Settings(**given)
-    except ValidationError as exc:
-        err.print("[bold red]signoff: invalid configuration[/]")
-        for e in exc.errors():
-            field = ".".join(str(p) for p in e["loc"])
-            where = f"SIGNOFF_{field.upper()}: " if field else ""
-            err.print(f"  {where}{e['msg']}", markup=False)
-        raise typer.Exit(2) from None
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-def run_async(factory: Callable[[], Coroutine[Any, Any, T]], *, uvloop: bool = False) -> T:
-    """Run ``factory()``; with ``uvloop``, on uvloop's event loop when it is installed."""
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if uvloop:
-        try:
-            import uvloop as fast
-        except ImportError:  # not on every platform: asyncio's own loop does the same work
-            pass
-        else:
-            loop_factory = fast.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(factory())
-
-
-def explain(exc: BaseException, settings: Settings) -> tuple[int, str] | None:
-    """The exit code and the one line that tell a person what went wrong and what to do,
-    for a failure that is no bug; None for anything else."""
-    url = settings.shown_database_url
-    if isinstance(exc, DatabaseNotReady):
-        return 2, f"cannot use the database {url}: {exc.message}; {exc.advice}"
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    why = next(iter(str(cause).strip().splitlines()), "") or type(cause).__name__
-    if is_missing_database(exc):
-        return 2, f"cannot use the database {url}: {why}; create it, or set SIGNOFF_DATABASE_URL"
-    if is_not_a_database(exc) or is_login_refused(exc):
-        return 2, f"cannot use the database {url}: {why}; set SIGNOFF_DATABASE_URL"
-    if is_unavailable(exc):
-        return 1, f"cannot use the database {url}: {why}"
-    return None
-
-
-@contextmanager
-def expected_failures(ctx: typer.Context, settings: Settings) -> Iterator[None]:
-    """Turn a failure a person can act on (see ``explain``) into one line on stderr and
-    its exit code; the traceback only with ``--verbose``. Anything else goes on up."""
-    try:
-        yield
-    except Exception as exc:
-        explained = explain(exc, settings)
-        if explained is None:
-            raise
-        code, line = explained
-        verbose = isinstance(ctx.obj, Options) and ctx.obj.verbose
-        if verbose:
-            traceback.print_exception(exc)
-        elif code == 1:
-            line += " (signoff -v shows the traceback)"
-        print(f"signoff: {line}", file=sys.stderr, flush=True)
-        raise typer.Exit(code) from None
-
-
-def run_on_database(
-    ctx: typer.Context,
-    settings: Settings,
-    work: Callable[[Database], Awaitable[T]],
-    *,
-    creates: bool = False,
-    uvloop: bool = False,
-) -> T:
-    """``work`` on the configured database. Only a command that ``creates`` (``serve``,
-    ``db upgrade``: they migrate it themselves) may be given a database that does not
-    exist or is not migrated; any other refuses it before anything is written."""
-
-    async def go() -> T:
-        db = Database.from_settings(settings)
-        try:
-            if not creates:
-                await check_schema(db, settings.sqlite_file)
-            return await work(db)
-        finally:
-            await db.dispose()
-
-    with expected_failures(ctx, settings):
-        if not creates:
-            require_existing(settings)
-        return run_async(go, uvloop=uvloop)
-
-
-def run_on_service(
-    ctx: typer.Context, settings: Settings, work: Callable[[Service], Awaitable[T]]
-) -> T:
-    """``work`` on the operations of the configured database (no background tasks)."""
-    from signoff.metrics import Metrics
-
-    return run_on_database(ctx, settings, lambda db: work(Service(db, settings, Metrics())))
-
-
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -253,26 +128,6 @@ def db_upgrade(
               f"{revision}: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     err.print(f"database at {revision}")
-
-
-@token_app.command("create")
-def token_create(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The principal: shown as requested_by/decided_by.")],
-    role: Annotated[Role, typer.Option(help="requester, approver, viewer or admin.")],
-) -> None:
-    """Create an API token and print it (shown only this once) as the last line."""
-    from signoff.metrics import Metrics
-
-    if not name.strip() or len(name) > 200:
-        err.print("[red]NAME must be 1 to 200 characters[/]")
-        raise typer.Exit(2)
-    settings = load_settings(ctx)
-
-    secret = run_on_database(
-        ctx, settings, lambda db: Service(db, settings, Metrics()).create_token(name, role))
-    err.print(f"token for [bold]{name}[/] ({role.value}); it is stored hashed, keep it now:")
-    print(secret, flush=True)
 
 
 @app.command()

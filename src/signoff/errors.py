@@ -49,6 +49,10 @@ class IncidentNotFound(NotFound):
     """No incident has that id."""
 
 
+class TokenNotFound(NotFound):
+    """No live token has that name."""
+
+
 class Conflict(SignoffError):
     """The state has changed: this transition is no longer possible."""
 

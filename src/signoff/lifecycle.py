@@ -80,6 +80,7 @@ class EventKind(StrEnum):
     REQUEST_OUTCOME = "request_outcome"
     INCIDENT_OPENED = "incident_opened"
     INCIDENT_RESOLVED = "incident_resolved"
+    TOKEN_REVOKED = "token_revoked"
 
 
 # Principals that are not tokens: who "decided" when nobody did.

@@ -14,7 +14,6 @@ that the state is checked first.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -48,6 +47,7 @@ from signoff.schemas import (
     request_deadline,
 )
 from signoff.settings import Settings
+from signoff.tokens import TokenOperations
 from signoff.views import event_view, incident_view, knowledge_view, request_view
 from signoff.waiters import BatchReader, Reading, Waiters, changed_requests
 from signoff.watchdog import CheckResult, Thresholds, run_watchdogs
@@ -58,8 +58,6 @@ Id = uuid.UUID | str
 Page = dict[str, Any]
 log = get_logger("signoff.service")
 
-_TOKEN_CACHE_SECONDS = 10.0
-_TOKEN_CACHE_SIZE = 10_000
 
 
 class Notifier(Protocol):
@@ -95,7 +93,7 @@ def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
     return {"items": items, "next_cursor": next_cursor}
 
 
-class Service:
+class Service(TokenOperations):
     """signoff's operations over one database. Built at the edge (the app, a CLI command);
     the app's lifespan attaches the delivery worker and the resolver it wakes."""
 
@@ -152,6 +150,19 @@ class Service:
     async def _read(self, work: Work[T]) -> T:
         return await self.db.run(work, readonly=True)
 
+    def heard(self, payload: str) -> None:
+        """A ``NOTIFY`` on ``CHANGED_CHANNEL``, from any replica: tokens revoked, or
+        requests changed (their waiters read again)."""
+        if payload == store.TOKENS_CHANGED:
+            self.forget_tokens()
+        else:
+            self.waiters.heard(payload)
+
+    def listening_again(self) -> None:
+        """The listener is back: what was sent meanwhile was not heard."""
+        self.forget_tokens()
+        self.waiters.wake_all()
+
     async def _readings(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Reading]:
         """Requests as answered, with the seconds to their deadlines: one query for all."""
 
@@ -160,26 +171,6 @@ class Service:
                     for r, votes in await queries.requests_by_id(conn, ids)}
 
         return await self._read(work)
-
-    # -- tokens -------------------------------------------------------------------------
-
-    async def authenticate(self, secret: str) -> Principal | None:
-        """The principal of a bearer token, or None. Recently seen tokens are remembered
-        for a few seconds, so that a busy client does not cost a query per call."""
-        digest = store.hash_token(secret)
-        hit = self._principals.get(digest)
-        if hit is not None and time.monotonic() - hit[0] < _TOKEN_CACHE_SECONDS:
-            return hit[1]
-        found = await self._read(lambda conn, now: store.authenticate(conn, secret))
-        if found is not None:
-            if len(self._principals) >= _TOKEN_CACHE_SIZE:
-                self._principals.clear()
-            self._principals[digest] = (time.monotonic(), found)
-        return found
-
-    async def create_token(self, name: str, role: Role) -> str:
-        """Store a new token hashed; the only copy of its secret."""
-        return await self._write(lambda conn, now: store.create_token(conn, now, name, role))
 
     # -- incidents ----------------------------------------------------------------------
 

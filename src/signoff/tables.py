@@ -64,6 +64,8 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    # When the token was last seen, to within a minute (``store.tokens.TOUCH_EVERY``).
+    sa.Column("last_used_at", UTCDateTime(), nullable=True),
     sa.Index(None, "name"),
 )
 

@@ -43,12 +43,21 @@ from signoff.store.requests import (
     report_outcome,
 )
 from signoff.store.rows import EVENTS_KEY, PENDING, Row, is_live, record_events
-from signoff.store.tokens import authenticate, create_token, hash_token
+from signoff.store.tokens import (
+    TOKENS_CHANGED,
+    authenticate,
+    create_token,
+    hash_token,
+    list_tokens,
+    revoke_tokens,
+    touch_token,
+)
 
 __all__ = [
     "CHANGED_CHANNEL",
     "EVENTS_KEY",
     "PENDING",
+    "TOKENS_CHANGED",
     "WAKE_CHANNEL",
     "ExpiryBatch",
     "Principal",
@@ -70,6 +79,7 @@ __all__ = [
     "get_request",
     "hash_token",
     "is_live",
+    "list_tokens",
     "next_deadline",
     "notify_changed",
     "pending_overview",
@@ -77,5 +87,7 @@ __all__ = [
     "reject_request",
     "report_outcome",
     "resolve_incident",
+    "revoke_tokens",
     "settle_request",
+    "touch_token",
 ]

@@ -1,0 +1,66 @@
+"""``signoff token …``: the tokens people and automations sign in with, worked on the
+database directly (like ``db upgrade``), for whoever runs signoff."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from signoff import errors
+from signoff.cli_support import err, load_settings, run_on_service
+from signoff.lifecycle import Role
+
+token_app = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_help=True)
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The principal: shown as requested_by/decided_by.")],
+    role: Annotated[Role, typer.Option(help="requester, approver, viewer or admin.")],
+) -> None:
+    """Create an API token and print it (shown only this once) as the last line."""
+    if not name.strip() or len(name) > 200:
+        err.print("[red]NAME must be 1 to 200 characters[/]")
+        raise typer.Exit(2)
+    settings = load_settings(ctx)
+    secret = run_on_service(ctx, settings, lambda service: service.create_token(name, role))
+    err.print(f"token for [bold]{name}[/] ({role.value}); it is stored hashed, keep it now:")
+    print(secret, flush=True)
+
+
+@token_app.command("list")
+def token_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
+) -> None:
+    """Every token: name, role, created, last used (to the minute), revoked."""
+    settings = load_settings(ctx)
+    found = run_on_service(ctx, settings, lambda service: service.list_tokens())
+    if as_json:
+        print(json.dumps({"items": found}), flush=True)
+        return
+    table = Table("name", "role", "created", "last used", "revoked")
+    for t in found:
+        table.add_row(t["name"], t["role"], t["created_at"], t["last_used_at"] or "never",
+                      t["revoked_at"] or "", style="dim" if t["revoked"] else None)
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The principal whose live tokens stop working.")],
+) -> None:
+    """Revoke every live token of NAME, at once on every server (it is kept, revoked)."""
+    settings = load_settings(ctx)
+    try:
+        count = run_on_service(ctx, settings, lambda service: service.revoke_tokens(name))
+    except errors.TokenNotFound as exc:
+        err.print(f"[red]signoff: {exc.message}[/]; signoff token list shows the tokens")
+        raise typer.Exit(2) from None
+    err.print(f"revoked {count} token{'s' if count != 1 else ''} of [bold]{name}[/]")
