@@ -68,6 +68,9 @@ class ApprovalRequest(Answer):
     outcome: Outcome | None
     needs_analysis: bool = Field(
         description="The action is a placeholder: it cannot be approved.")
+    approvers: list[str] = Field(
+        description="Who alone may decide it: principals and ``group:NAME`` entries; "
+                    "empty: any approver.")
 
 
 class RequestPage(Answer):

@@ -34,6 +34,12 @@ class Forbidden(SignoffError):
     http_status = 403
 
 
+class NotAnApprover(Forbidden):
+    """Only the request's approvers may decide it, and you are not one of them."""
+
+    code = "not_an_approver"
+
+
 class NotFound(SignoffError):
     """Not found."""
 

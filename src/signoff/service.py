@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from signoff import errors, queries, store
 from signoff.db import Database
 from signoff.doctor import Finding, run_checks
+from signoff.groups import GroupOperations
 from signoff.lifecycle import (
     IncidentStatus,
     Principal,
@@ -93,7 +94,7 @@ def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
     return {"items": items, "next_cursor": next_cursor}
 
 
-class Service(TokenOperations):
+class Service(TokenOperations, GroupOperations):
     """signoff's operations over one database. Built at the edge (the app, a CLI command);
     the app's lifespan attaches the delivery worker and the resolver it wakes."""
 
@@ -251,6 +252,9 @@ class Service(TokenOperations):
                 body, now, default_ttl=settings.default_ttl, max_ttl=settings.max_ttl)
             if body.callback_url is not None:  # by its text: no DNS while creating
                 self.callbacks.check_url(body.callback_url)
+            unknown = await store.unknown_groups(conn, body.approvers or [])
+            if unknown:
+                raise errors.InvalidInput(f"approvers: no such group: {', '.join(unknown)}")
             data = {
                 **body.model_dump(),
                 "needs_analysis": settings.is_placeholder(body.action),

@@ -64,6 +64,8 @@ def _reason(exc: errors.SignoffError) -> str:
             f"Nothing changed: the request is already {exc.status}.")
     if isinstance(exc, errors.AlreadyApproved):
         return "You have already approved this request."
+    if isinstance(exc, errors.NotAnApprover):
+        return "Only the request's approvers may decide it; nothing changed."
     if isinstance(exc, errors.Forbidden):
         return "You may not decide your own request."
     if isinstance(exc, errors.NeedsAnalysis):

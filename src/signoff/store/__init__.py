@@ -22,6 +22,7 @@ from signoff.store.expiry import (
     pending_overview,
     settle_request,
 )
+from signoff.store.groups import add_members, list_groups, remove_members, unknown_groups
 from signoff.store.incidents import (
     close_incidents,
     create_incident,
@@ -62,6 +63,7 @@ __all__ = [
     "ExpiryBatch",
     "Principal",
     "Row",
+    "add_members",
     "approve_request",
     "authenticate",
     "cancel_request",
@@ -79,15 +81,18 @@ __all__ = [
     "get_request",
     "hash_token",
     "is_live",
+    "list_groups",
     "list_tokens",
     "next_deadline",
     "notify_changed",
     "pending_overview",
     "record_events",
     "reject_request",
+    "remove_members",
     "report_outcome",
     "resolve_incident",
     "revoke_tokens",
     "settle_request",
     "touch_token",
+    "unknown_groups",
 ]
