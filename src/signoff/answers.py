@@ -148,6 +148,13 @@ class KnowledgePage(Answer):
     next_cursor: str | None
 
 
+class Link(Answer):
+    """A single-use link: it signs its person in for this request alone."""
+
+    url: str = Field(description="``{SIGNOFF_PUBLIC_URL}/ui/l/{secret}``; shown only this once.")
+    expires_at: datetime = Field(description="The request's deadline: the link dies then.")
+
+
 class Token(Answer):
     """A token as an admin sees it: never its secret, nor its hash."""
 

@@ -123,3 +123,26 @@ def group_list(
         for m in members:
             table.add_row(group, m["member"], m["since"], m["by"])
     Console().print(table)
+
+
+link_app = typer.Typer(help="Single-use links to decide one request.", no_args_is_help=True)
+
+
+@link_app.command("create")
+def link_create(
+    ctx: typer.Context,
+    request_id: Annotated[str, typer.Argument(metavar="ID", help="The pending request.")],
+    principal: Annotated[str, typer.Option("--for", help="Who decides through it.")],
+) -> None:
+    """A link that signs PRINCIPAL in for this request alone; printed as the last line.
+    It works until it is used, the request ends or its deadline passes."""
+    settings = load_settings(ctx)
+    try:
+        made = run_on_service(ctx, settings, lambda service: service.create_link(
+            None, request_id, principal))
+    except errors.SignoffError as exc:
+        err.print(f"[red]signoff: {exc.message}[/]", highlight=False)
+        raise typer.Exit(2) from None
+    err.print(f"a link for [bold]{principal}[/], until {made['expires_at']}; give it to "
+              "them alone:", highlight=False)
+    print(made["url"], flush=True)

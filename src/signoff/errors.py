@@ -59,6 +59,17 @@ class TokenNotFound(NotFound):
     """No live token has that name."""
 
 
+class LinkNotFound(NotFound):
+    """No link has that address."""
+
+
+class LinkGone(SignoffError):
+    """This link no longer works."""
+
+    code = "link_gone"
+    http_status = 410
+
+
 class Conflict(SignoffError):
     """The state has changed: this transition is no longer possible."""
 

@@ -99,6 +99,13 @@ class ResolveIn(Body):
     note: Text | None = None
 
 
+class LinkIn(Body):
+    """A single-use link for this person (``for``: a principal's name)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    for_: Annotated[StrictStr, Field(alias="for", min_length=1, max_length=200), Storable]
+
+
 class RequestIn(Body):
     incident_id: UUID | None = None
     action: Annotated[StrictStr, Field(max_length=MAX_ACTION), Storable]

@@ -33,6 +33,7 @@ from signoff.lifecycle import (
     Role,
     role_allows,
 )
+from signoff.links import LinkOperations
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.notify.outbox import ADDED_KEY as OUTBOX_ADDED
@@ -94,7 +95,7 @@ def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
     return {"items": items, "next_cursor": next_cursor}
 
 
-class Service(TokenOperations, GroupOperations):
+class Service(TokenOperations, GroupOperations, LinkOperations):
     """signoff's operations over one database. Built at the edge (the app, a CLI command);
     the app's lifespan attaches the delivery worker and the resolver it wakes."""
 
@@ -348,8 +349,9 @@ class Service(TokenOperations, GroupOperations):
 
     async def _decide(
         self, who: Principal, request_id: Id, body: DecisionIn | errors.InvalidInput,
-        *, approving: bool, via: str,
+        *, approving: bool, via: str, link: uuid.UUID | None = None,
     ) -> Page:
+        """A decision; through a single-use ``link``, which it uses up in its transaction."""
         _allow(who, Role.APPROVER)
         transition = store.approve_request if approving else store.reject_request
 
@@ -361,6 +363,8 @@ class Service(TokenOperations, GroupOperations):
                 raise refusal
 
         async def act(conn: AsyncConnection, now: datetime, rid: uuid.UUID, parsed: Any) -> Any:
+            if link is not None and not await store.use_link(conn, now, link):
+                raise errors.LinkGone("this link has been used or has run out")
             return await transition(conn, now, rid, actor=who.name, comment=parsed.comment)
 
         out = await self._transition(request_id, body, check, act,

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     # Notifications (all optional: a channel is on when its settings are given).
     placeholder_actions: str = "NO_ACTION,TBD,pending analysis,待分析"
     notify_max_attempts: int = Field(default=8, ge=1, le=100)
+    # Where people reach this server: links and the chat cards' Open buttons start here.
+    public_url: str | None = None
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     telegram_bot_token: SecretStr | None = None
@@ -119,7 +121,7 @@ class Settings(BaseSettings):
             raise ValueError("log format must be one of auto, json, console")
         return value
 
-    @field_validator("webhook_url", "telegram_api_base")
+    @field_validator("webhook_url", "telegram_api_base", "public_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://\S+$", value.strip()):

@@ -194,6 +194,21 @@ group_members = sa.Table(
     ),
 )
 
+# Single-use links: one request, one approver, the secret stored hashed.
+links = sa.Table(
+    "links",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("request_id", sa.Uuid(), sa.ForeignKey("approval_requests.id"), nullable=False),
+    sa.Column("principal", sa.String(200), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("created_by", sa.Text(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("used_at", UTCDateTime(), nullable=True),
+    sa.Index(None, "request_id"),
+)
+
 approvals = sa.Table(
     "approvals",
     metadata,

@@ -22,13 +22,20 @@ from signoff.store.expiry import (
     pending_overview,
     settle_request,
 )
-from signoff.store.groups import add_members, list_groups, remove_members, unknown_groups
+from signoff.store.groups import (
+    add_members,
+    list_groups,
+    may_decide,
+    remove_members,
+    unknown_groups,
+)
 from signoff.store.incidents import (
     close_incidents,
     create_incident,
     get_incident,
     resolve_incident,
 )
+from signoff.store.links import create_link, find_link, live_roles, use_link
 from signoff.store.requests import (
     CHANGED_CHANNEL,
     WAKE_CHANNEL,
@@ -70,6 +77,7 @@ __all__ = [
     "close_incidents",
     "count_due_requests",
     "create_incident",
+    "create_link",
     "create_request",
     "create_token",
     "due_request_ids",
@@ -77,12 +85,15 @@ __all__ = [
     "explain_outcome_refusal",
     "explain_refusal",
     "find_idempotent_request",
+    "find_link",
     "get_incident",
     "get_request",
     "hash_token",
     "is_live",
     "list_groups",
     "list_tokens",
+    "live_roles",
+    "may_decide",
     "next_deadline",
     "notify_changed",
     "pending_overview",
@@ -95,4 +106,5 @@ __all__ = [
     "settle_request",
     "touch_token",
     "unknown_groups",
+    "use_link",
 ]

@@ -10,6 +10,7 @@ Create Date: 2026-12-07 03:55:00.000000
   kept, with when and by whom.
 - ``approval_requests.approvers``: the principals and ``group:NAME`` entries that alone may
   decide a request; NULL for any approver (every request made before).
+- ``links``: single-use links to decide one request as one approver, secrets hashed.
 """
 
 from __future__ import annotations
@@ -49,9 +50,27 @@ def upgrade() -> None:
                     sqlite_where=sa.text(CURRENT))
     op.create_index("ix_group_members_member_current", "group_members", ["member"],
                     postgresql_where=sa.text(CURRENT), sqlite_where=sa.text(CURRENT))
+    op.create_table(
+        "links",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("request_id", sa.Uuid(), nullable=False),
+        sa.Column("principal", sa.String(length=200), nullable=False),
+        sa.Column("secret_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.Text(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["request_id"], ["approval_requests.id"],
+                                name=op.f("fk_links_request_id_approval_requests")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_links")),
+        sa.UniqueConstraint("secret_hash", name=op.f("uq_links_secret_hash")),
+    )
+    op.create_index(op.f("ix_links_request_id"), "links", ["request_id"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_links_request_id"), table_name="links")
+    op.drop_table("links")
     op.drop_index("ix_group_members_member_current", table_name="group_members")
     op.drop_index("uq_group_members_current", table_name="group_members")
     op.drop_table("group_members")
