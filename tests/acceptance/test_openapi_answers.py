@@ -36,6 +36,8 @@ APPROVE = "/api/v1/approvals/{request_id}/approve"
 REJECT = "/api/v1/approvals/{request_id}/reject"
 CANCEL = "/api/v1/approvals/{request_id}/cancel"
 OUTCOME = "/api/v1/approvals/{request_id}/outcome"
+LINKS = "/api/v1/approvals/{request_id}/links"
+TOKENS = "/api/v1/tokens"
 WEBHOOK = "/api/v1/telegram/webhook"
 
 
@@ -102,6 +104,8 @@ def drive(call: Caller) -> None:
     call("viewer", "GET", APPROVAL, 200, {"request_id": pending}, query={"wait": "0.1"})
     call("viewer", "GET", APPROVAL, 422, {"request_id": pending}, query={"wait": "61"})
     call("viewer", "GET", APPROVAL_EVENTS, 200, {"request_id": pending})
+    call("bot", "POST", LINKS, 201, {"request_id": pending}, json={"for": "alice"})
+    call("root", "GET", TOKENS, 200)
     approved = call("bot", "POST", APPROVALS, 201, json={"action": "a"}).json()["id"]
     call("alice", "POST", APPROVE, 200, {"request_id": approved}, json={"comment": "go"})
     call("bot", "POST", OUTCOME, 200, {"request_id": approved},
@@ -131,7 +135,8 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
         ("POST", APPROVE, {"request_id": pending}), ("POST", REJECT, {"request_id": pending}),
         ("POST", CANCEL, {"request_id": pending}), ("POST", OUTCOME, {"request_id": approved}),
         ("GET", "/api/v1/knowledge", {}), ("GET", "/api/v1/stats", {}),
-        ("GET", "/api/v1/watchdog", {}),
+        ("GET", "/api/v1/watchdog", {}), ("POST", LINKS, {"request_id": pending}),
+        ("GET", TOKENS, {}),
     ]
     # 401: no token (the webhook: no secret).
     for method, template, ids in every:
@@ -146,10 +151,12 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("bot", "POST", REJECT, 403, {"request_id": pending})
     call("viewer", "POST", CANCEL, 403, {"request_id": pending})
     call("viewer", "POST", OUTCOME, 403, {"request_id": approved})
+    call("bot2", "POST", LINKS, 403, {"request_id": pending}, json={"for": "alice"})
+    call("viewer", "GET", TOKENS, 403)
 
     # 404: nothing has that id.
     deciders = {RESOLVE: "alice", APPROVE: "alice", REJECT: "alice", CANCEL: "bot",
-                OUTCOME: "bot"}
+                OUTCOME: "bot", LINKS: "bot"}
     for method, template, ids in every:
         if ids:
             unknown = dict.fromkeys(ids, UNKNOWN)
@@ -163,6 +170,7 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("alice", "POST", REJECT, 409, {"request_id": approved})
     call("bot", "POST", CANCEL, 409, {"request_id": rejected})
     call("bot", "POST", OUTCOME, 409, {"request_id": approved}, json={"succeeded": True})
+    call("bot", "POST", LINKS, 409, {"request_id": rejected}, json={"for": "alice"})
 
     # 413: a body over 1 MiB.
     for method, template, ids in every:
@@ -182,6 +190,7 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     waiting = {"request_id": call("bot", "POST", APPROVALS, 201, json={"action": "e"}).json()["id"]}
     call("alice", "POST", APPROVE, 422, waiting, json={"comment": 1})
     call("alice", "POST", REJECT, 422, waiting, json={"comment": 1})
+    call("bot", "POST", LINKS, 422, waiting, json={"for": "viewer"})
     reported = call("bot", "POST", APPROVALS, 201, json={"action": "d"}).json()["id"]
     call("alice", "POST", APPROVE, 200, {"request_id": reported})
     call("bot", "POST", OUTCOME, 422, {"request_id": reported}, json={"succeeded": "yes"})
