@@ -84,7 +84,7 @@ class CheckResult:
 
 
 Row = Mapping[Any, Any]
-Query = Callable[[datetime, Thresholds], sa.Select[Any] | sa.CompoundSelect[Any]]
+Query = Callable[[datetime, Thresholds], sa.Select[Any]]
 Detail = Callable[[Row, datetime, "Thresholds"], str]
 
 
@@ -118,7 +118,7 @@ def _stalled_detail(row: Row, now: datetime, t: Thresholds) -> str:
 
 def _uncarded(
     now: datetime, t: Thresholds, *, placeholders: bool
-) -> sa.Select[Any] | sa.CompoundSelect[Any]:
+) -> sa.Select[Any]:
     """Pending requests past the grace with no card: in each chat that shows cards, or,
     with none, anywhere."""
     where = [requests.c.status == PENDING, requests.c.created_at < now - t.notify_grace]
@@ -136,8 +136,8 @@ def _uncarded(
     per_chat = [_uncarded_in(channel, where) for channel in t.card_channels]
     if len(per_chat) == 1:
         return per_chat[0].order_by(requests.c.created_at)
-    both = sa.union_all(*per_chat)
-    return both.order_by(both.selected_columns.created_at, both.selected_columns.channel)
+    every = sa.union_all(*per_chat).subquery("uncarded")
+    return sa.select(every).order_by(every.c.created_at, every.c.channel)
 
 
 def _uncarded_in(channel: str, where: list[sa.ColumnElement[bool]]) -> sa.Select[Any]:
