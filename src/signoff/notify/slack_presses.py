@@ -117,6 +117,7 @@ def parse_press(payload: dict[str, Any]) -> Press | None:
 
 _FORM = {"type": "object", "required": ["payload"], "properties": {
     "payload": {"type": "string", "description": "Slack's interaction payload, as JSON."}}}
+# The refusals as every route documents them; the 200 is replaced below (an empty body).
 _ROUTE = documented(
     TelegramAck, 401, 413, 422, bearer=False,
     notes={401: "Missing, wrong or stale (over 5 minutes) X-Slack-Signature; nothing changes.",
@@ -161,6 +162,8 @@ async def decide_press(state: State, press: Press) -> None:
     except Exception as exc:  # the database went away: the presser is told, not Slack
         log.error("slack_press_failed", user=press.user_id, error=repr(exc))
         answer = UNCONFIRMED
+    log.info("slack_press", user=press.user_id, approver=approver, decision=press.decision,
+             request_id=press.request_id and str(press.request_id), answer=answer)
     if press.response_url is not None:
         await reply(state, press.response_url, answer)
 
