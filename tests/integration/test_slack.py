@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from signoff import store
+from signoff.app import create_app
 from signoff.db import Database
 from signoff.lifecycle import ResolutionType
 from signoff.metrics import Metrics
@@ -33,6 +34,7 @@ from signoff.notify.slack_presses import sign
 from signoff.notify.worker import Notifier
 from signoff.settings import Settings
 from signoff.watchdog import Thresholds, run_watchdogs
+from tests.acceptance.conftest import free_port
 from tests.conftest import FakeClock
 from tests.integration.api_support import Api, api_for
 from tests.integration.notify_support import (
@@ -493,3 +495,23 @@ async def both_chats(rig: Rig, bot: FakeBotApi) -> None:
     rig.clock.advance(121)
     findings = await rig.w2()
     assert [(f["request_id"], f["channel"]) for f in findings] == [(third["id"], "slack")]
+
+
+async def test_a_press_while_the_database_is_down_is_answered_and_the_presser_told(
+    slack: FakeSlackApi,
+) -> None:
+    nobody_listens = f"postgresql://postgres@127.0.0.1:{free_port()}/signoff"
+    settings = slack_settings(nobody_listens, slack)
+    app = create_app(settings, run_resolver=False)
+    body = press_body(ALICE, "approve", str(uuid.uuid4()), slack.response_url())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://signoff") as client:
+            pressed = await client.post("/api/v1/slack/interactions", content=body,
+                                        headers=signed(body))
+    finally:
+        await app.state.service.db.dispose()
+    assert (pressed.status_code, pressed.content) == (200, b"")
+    assert [r["text"] for r in slack.replies] == [
+        "signoff could not record this press just now; look at the card in a moment, "
+        "or press again."]
