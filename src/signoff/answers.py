@@ -212,6 +212,8 @@ class Finding(Answer):
     request_id: UUID | SkipJsonSchema[None] = None
     incident_id: UUID | SkipJsonSchema[None] = None
     outbox_id: int | SkipJsonSchema[None] = None
+    channel: str | SkipJsonSchema[None] = Field(
+        default=None, description="The chat a card is missing from (W-2, W-5).")
     detail: str
 
 

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     telegram_api_base: str = "https://api.telegram.org"
     telegram_webhook_secret: SecretStr | None = None
     telegram_approvers: str = ""
+    slack_bot_token: SecretStr | None = None
+    slack_channel: str | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_approvers: str = ""
+    slack_api_base: str = "https://slack.com/api"
     reminder_fractions: str = "0.5,0.9"
     # Where requesters' callbacks may go besides public addresses (``signoff.destinations``):
     # comma-separated in the environment.
@@ -121,7 +126,7 @@ class Settings(BaseSettings):
             raise ValueError("log format must be one of auto, json, console")
         return value
 
-    @field_validator("webhook_url", "telegram_api_base", "public_url")
+    @field_validator("webhook_url", "telegram_api_base", "slack_api_base", "public_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://\S+$", value.strip()):
@@ -132,6 +137,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_approvers(cls, value: str) -> str:
         parse_approvers(value)
+        return value
+
+    @field_validator("slack_approvers")
+    @classmethod
+    def _check_slack_approvers(cls, value: str) -> str:
+        parse_slack_approvers(value)
         return value
 
     @field_validator("reminder_fractions")
@@ -158,6 +169,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "Telegram needs both SIGNOFF_TELEGRAM_BOT_TOKEN and SIGNOFF_TELEGRAM_CHAT_ID"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_slack(self) -> Settings:
+        if (self.slack_bot_token is None) != (self.slack_channel is None):
+            raise ValueError("Slack needs both SIGNOFF_SLACK_BOT_TOKEN and SIGNOFF_SLACK_CHANNEL")
         return self
 
     @model_validator(mode="after")
@@ -231,8 +248,23 @@ class Settings(BaseSettings):
         return parse_time_of_day(self.heartbeat_at)
 
     @property
+    def slack_users(self) -> dict[str, str]:
+        """Slack user id → the approver name a press by that user decides as."""
+        return parse_slack_approvers(self.slack_approvers)
+
+    @property
     def telegram_enabled(self) -> bool:
         return self.telegram_bot_token is not None and self.telegram_chat_id is not None
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None and self.slack_channel is not None
+
+    @property
+    def card_channels(self) -> tuple[str, ...]:
+        """The chats that get a card per request: ``telegram``, ``slack``, both or none."""
+        return tuple(name for name, on in (("telegram", self.telegram_enabled),
+                                           ("slack", self.slack_enabled)) if on)
 
 
 def parse_approvers(value: str) -> dict[int, str]:
@@ -245,6 +277,20 @@ def parse_approvers(value: str) -> dict[int, str]:
         if not sep or not user.strip().lstrip("-").isdigit() or not name.strip():
             raise ValueError(f"{item.strip()!r} is not telegram_user_id=approver_name")
         mapping[int(user.strip())] = name.strip()
+    return mapping
+
+
+def parse_slack_approvers(value: str) -> dict[str, str]:
+    """``slack_user_id=approver_name,...`` (``U0123ABC=alice``) → a mapping."""
+    mapping: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        user, sep, name = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Z0-9]+", user.strip()) or not name.strip():
+            raise ValueError(f"{item.strip()!r} is not slack_user_id=approver_name "
+                             "(a Slack user id is like U0123ABCD)")
+        mapping[user.strip()] = name.strip()
     return mapping
 
 

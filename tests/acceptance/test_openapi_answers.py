@@ -8,6 +8,7 @@ down, the rare 409 of a fingerprint race) is driven in process, in
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from signoff.notify.slack_presses import sign
 from tests.acceptance.conftest import Server, start_server
 from tests.acceptance.openapi_support import Conformance, documented_statuses
 
@@ -39,12 +41,22 @@ OUTCOME = "/api/v1/approvals/{request_id}/outcome"
 LINKS = "/api/v1/approvals/{request_id}/links"
 TOKENS = "/api/v1/tokens"
 WEBHOOK = "/api/v1/telegram/webhook"
+SLACK = "/api/v1/slack/interactions"
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def slack_signed(body: bytes) -> dict[str, str]:
+    """Headers as Slack signs ``body`` with the signing secret, now."""
+    timestamp = str(int(time.time()))
+    return {**FORM, "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": sign(SECRET, timestamp, body)}
 
 
 @pytest.fixture
 def docs_server(database_url: str, tmp_path: Path) -> Iterator[Server]:
     server = start_server(database_url, tmp_path / "serve.log",
-                          SIGNOFF_TELEGRAM_WEBHOOK_SECRET=SECRET)
+                          SIGNOFF_TELEGRAM_WEBHOOK_SECRET=SECRET,
+                          SIGNOFF_SLACK_SIGNING_SECRET=SECRET)
     try:
         yield server
     finally:
@@ -122,6 +134,8 @@ def drive(call: Caller) -> None:
     call(None, "GET", "/metrics", 200)
     call(None, "POST", WEBHOOK, 200, json={"update_id": 1},
          headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+    not_a_press = b'payload=%7B%22type%22%3A%22shortcut%22%7D'
+    call(None, "POST", SLACK, 200, content=not_a_press, headers=slack_signed(not_a_press))
 
     refuse(call, iid=iid, pending=pending, approved=approved, rejected=rejected)
 
@@ -142,6 +156,7 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     for method, template, ids in every:
         call(None, method, template, 401, ids)
     call(None, "POST", WEBHOOK, 401, json={})
+    call(None, "POST", SLACK, 401, content=b"payload=%7B%7D", headers=FORM)
 
     # 403: a role that may not.
     call("viewer", "POST", INCIDENTS, 403, json={})
@@ -177,6 +192,7 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
         if method == "POST":
             call("root", method, template, 413, ids, content=TOO_LARGE, headers=JSON)
     call(None, "POST", WEBHOOK, 413, content=TOO_LARGE, headers=JSON)
+    call(None, "POST", SLACK, 413, content=TOO_LARGE, headers=FORM)
 
     # 422: bad content.
     call("bot", "POST", INCIDENTS, 422, json={"title": "t"})
@@ -198,6 +214,7 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("viewer", "GET", "/api/v1/stats", 422, query={"since": "yesterday"})
     call(None, "POST", WEBHOOK, 422, content=b"{", headers={
         **JSON, "X-Telegram-Bot-Api-Secret-Token": SECRET})
+    call(None, "POST", SLACK, 422, content=b"payload=%7B", headers=slack_signed(b"payload=%7B"))
 
 
 def _open_incident(call: Caller) -> str:
