@@ -17,6 +17,7 @@ from signoff.notify.cards import CardFacts
 from signoff.notify.delivery import DeliveryFailed
 from signoff.notify.slack import SlackApi, escape, number_to_ts, render_blocks, ts_to_number
 from signoff.notify.slack_presses import parse_press, sign, verify_signature
+from signoff.notify.telegram import render_card
 from signoff.settings import Settings
 
 # The example of Slack's documentation on verifying requests.
@@ -161,3 +162,23 @@ async def test_the_web_api_answers_sorted() -> None:
         assert (failed.value.permanent, failed.value.retry_after) == (permanent, retry_after), (
             status, body)
         assert str(failed.value).startswith(f"chat.postMessage: HTTP {status}: ")
+
+
+def test_with_a_public_url_cards_carry_an_open_button_to_the_request_page() -> None:
+    page = "https://so.example.com/ui/approvals/r-1"
+    _, blocks = render_blocks(_facts(), ZoneInfo("UTC"), page)
+    (actions,) = [b for b in blocks if b["type"] == "actions"]
+    assert [e["action_id"] for e in actions["elements"]] == ["approve", "reject", "open"]
+    assert actions["elements"][2]["url"] == page
+    _, ended = render_blocks(_facts(status="approved", decided_by="alice",
+                                    decided_at=datetime(2026, 1, 1, tzinfo=UTC)),
+                             ZoneInfo("UTC"), page)
+    assert not [b for b in ended if b["type"] == "actions"]  # buttons gone once it ended
+    _, keyboard = render_card(_facts().request, None, [], ZoneInfo("UTC"), page)
+    assert keyboard is not None
+    assert keyboard["inline_keyboard"][1] == [{"text": "🔗 Open", "url": page}]
+    _, without = render_card(_facts().request, None, [], ZoneInfo("UTC"))
+    assert without is not None and len(without["inline_keyboard"]) == 1
+    opened = {"type": "block_actions", "user": {"id": "U1"}, "response_url": "https://x",
+              "actions": [{"action_id": "open", "value": "r-1"}]}
+    assert parse_press(opened) is None  # the chat opened the page: nothing to decide

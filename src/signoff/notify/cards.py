@@ -36,6 +36,15 @@ ENDINGS = {
 }
 REMINDER = "⏰ Reminder: still waiting for sign-off, deadline {deadline}"
 
+# A link button to the request's page (with SIGNOFF_PUBLIC_URL): the chat opens it.
+OPEN = "open"
+
+
+def page_url(public_url: str | None, request_id: object) -> str | None:
+    """The request's page in the console, for a card's Open button; None without a
+    public URL (a chat cannot open a page it cannot reach)."""
+    return None if public_url is None else f"{public_url}/ui/approvals/{request_id}"
+
 
 @dataclass(frozen=True)
 class CardFacts:

@@ -58,9 +58,10 @@ def build_senders(
     api = bot_api(settings, client)
     if api is not None and settings.telegram_chat_id is not None:
         senders[Channel.TELEGRAM.value] = CardSender(
-            db, TelegramChat(api, settings.telegram_chat_id, settings.zone))
+            db, TelegramChat(api, settings.telegram_chat_id, settings.zone,
+                             settings.public_url))
     slack = slack_api(settings, client)
     if slack is not None and settings.slack_channel is not None:
         senders[Channel.SLACK.value] = CardSender(
-            db, SlackChat(slack, settings.slack_channel, settings.zone))
+            db, SlackChat(slack, settings.slack_channel, settings.zone, settings.public_url))
     return senders

@@ -25,11 +25,13 @@ import httpx
 
 from signoff.notify import outbox
 from signoff.notify.cards import (
+    OPEN,
     PRECEDENTS,
     CardFacts,
     Posted,
     ending_line,
     local,
+    page_url,
     reminder_text,
     short,
 )
@@ -106,8 +108,11 @@ def _field(label: str, value: str) -> dict[str, str]:
     return {"type": "mrkdwn", "text": f"*{label}*\n{escape(short(value, _FIELD))}"}
 
 
-def render_blocks(facts: CardFacts, zone: ZoneInfo) -> tuple[str, list[dict[str, Any]]]:
-    """The card: its notification text and its blocks (the buttons only while pending)."""
+def render_blocks(
+    facts: CardFacts, zone: ZoneInfo, page: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """The card: its notification text and its blocks (the buttons only while pending;
+    with ``page``, an Open button to the request's page beside them)."""
     request, incident = facts.request, facts.incident
     action = short(request["action"]) or "(none)"
     if request["needs_analysis"]:
@@ -143,6 +148,9 @@ def render_blocks(facts: CardFacts, zone: ZoneInfo) -> tuple[str, list[dict[str,
     buttons: list[dict[str, Any]] = [_button("❌ Reject", REJECT, request, "danger")]
     if not request["needs_analysis"]:
         buttons.insert(0, _button("✅ Approve", APPROVE, request, "primary"))
+    if page is not None:
+        buttons.append({"type": "button", "action_id": OPEN, "url": page,
+                        "text": {"type": "plain_text", "text": "🔗 Open", "emoji": True}})
     blocks.append({"type": "actions", "block_id": "decision", "elements": buttons})
     return text, blocks
 
@@ -169,13 +177,19 @@ class SlackChat:
 
     channel = CHANNEL
 
-    def __init__(self, api: SlackApi, channel_id: str, zone: ZoneInfo) -> None:
+    def __init__(
+        self, api: SlackApi, channel_id: str, zone: ZoneInfo, public_url: str | None = None
+    ) -> None:
         self.api = api
         self.channel_id = channel_id
         self.zone = zone
+        self.public_url = public_url
+
+    def _render(self, facts: CardFacts) -> tuple[str, list[dict[str, Any]]]:
+        return render_blocks(facts, self.zone, page_url(self.public_url, facts.request["id"]))
 
     async def post_card(self, facts: CardFacts) -> Posted:
-        text, blocks = render_blocks(facts, self.zone)
+        text, blocks = self._render(facts)
         sent = await self.api.call("chat.postMessage", channel=self.channel_id, text=text,
                                    blocks=blocks, unfurl_links=False, unfurl_media=False)
         try:
@@ -185,7 +199,7 @@ class SlackChat:
                                  permanent=True) from None
 
     async def edit_card(self, card: Row, facts: CardFacts) -> None:
-        text, blocks = render_blocks(facts, self.zone)
+        text, blocks = self._render(facts)
         await self.api.call("chat.update", channel=card["chat_id"],
                             ts=number_to_ts(card["message_id"]), text=text, blocks=blocks)
 

@@ -32,6 +32,7 @@ from signoff import errors
 from signoff.answers import TelegramAck
 from signoff.logs import get_logger
 from signoff.notify.buttons import press_button
+from signoff.notify.cards import OPEN
 from signoff.notify.channels import http_client
 from signoff.openapi import documented
 from signoff.service import Service
@@ -105,6 +106,8 @@ def parse_press(payload: dict[str, Any]) -> Press | None:
         return None
     action = actions[0] if isinstance(actions[0], dict) else {}
     decision, value = action.get("action_id"), action.get("value")
+    if decision == OPEN:  # a link: Slack opened the page, there is nothing to decide
+        return None
     try:
         request_id: uuid.UUID | None = uuid.UUID(value) if isinstance(value, str) else None
     except ValueError:

@@ -20,6 +20,7 @@ from signoff.notify.cards import (
     Posted,
     ending_line,
     local,
+    page_url,
     reminder_text,
     short,
 )
@@ -67,9 +68,11 @@ class BotApi:
 
 
 def render_card(
-    request: Row, incident: Row | None, precedents: Sequence[Row], zone: ZoneInfo
+    request: Row, incident: Row | None, precedents: Sequence[Row], zone: ZoneInfo,
+    page: str | None = None,
 ) -> tuple[str, dict[str, Any] | None]:
-    """The card's text and its inline keyboard (None once the request has ended)."""
+    """The card's text and its inline keyboard (None once the request has ended); with
+    ``page``, an Open button to the request's page under the decision buttons."""
     lines = ["⚠️ Needs analysis: the action is a placeholder" if request["needs_analysis"]
              else "🔔 Sign-off needed"]
     if incident is not None:
@@ -95,7 +98,8 @@ def render_card(
     buttons = [{"text": "❌ Reject", "callback_data": f"reject:{request['id']}"}]
     if not request["needs_analysis"]:
         buttons.insert(0, {"text": "✅ Approve", "callback_data": f"approve:{request['id']}"})
-    return "\n".join(lines), {"inline_keyboard": [buttons]}
+    rows = [buttons] if page is None else [buttons, [{"text": "🔗 Open", "url": page}]]
+    return "\n".join(lines), {"inline_keyboard": rows}
 
 
 class TelegramChat:
@@ -103,13 +107,17 @@ class TelegramChat:
 
     channel = CHANNEL
 
-    def __init__(self, api: BotApi, chat_id: str, zone: ZoneInfo) -> None:
+    def __init__(
+        self, api: BotApi, chat_id: str, zone: ZoneInfo, public_url: str | None = None
+    ) -> None:
         self.api = api
         self.chat_id = chat_id
         self.zone = zone
+        self.public_url = public_url
 
     def _render(self, facts: CardFacts) -> tuple[str, dict[str, Any] | None]:
-        return render_card(facts.request, facts.incident, facts.precedents, self.zone)
+        return render_card(facts.request, facts.incident, facts.precedents, self.zone,
+                           page_url(self.public_url, facts.request["id"]))
 
     async def post_card(self, facts: CardFacts) -> Posted:
         text, keyboard = self._render(facts)
