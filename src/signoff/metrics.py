@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from signoff.lifecycle import EventKind, RequestStatus, disposition_for
+from signoff.lifecycle import POLICY_ACTOR_PREFIX, EventKind, RequestStatus, disposition_for
 
 
 class Metrics:
@@ -87,6 +87,40 @@ class Metrics:
             ["method", "route", "status"], registry=r,
         )
 
+        self.policy_decisions = Counter(
+            "signoff_policy_decisions_total",
+            "Requests evaluated by the policy, by decision (approved, none, paused) and the "
+            "rule that approved (or would have, while paused).",
+            ["decision", "rule"], registry=r,
+        )
+        self.policy_evaluations = Counter(
+            "signoff_policy_evaluations_total",
+            "Rule evaluations, by rule, mode and whether the rule held.",
+            ["rule", "mode", "holds"], registry=r,
+        )
+        self.policy_reasons = Counter(
+            "signoff_policy_reasons_total",
+            "Conditions that failed in rule evaluations, by rule and condition.",
+            ["rule", "reason"], registry=r,
+        )
+        self.policy_error = Gauge(
+            "signoff_policy_error",
+            "1 while the policy file is broken (the last good rules stay in use), else 0.",
+            registry=r,
+        )
+        self.policy_loaded = Gauge(
+            "signoff_policy_loaded_timestamp_seconds",
+            "When the rules in use were loaded (Unix time; 0: none).", registry=r,
+        )
+        self.policy_rules = Gauge(
+            "signoff_policy_rules", "Rules in use, by mode.", ["mode"], registry=r,
+        )
+        self.alerts = Counter(
+            "signoff_alerts_total",
+            "Alertmanager alerts taken in, by what they did (opened, joined, resolved, "
+            "ignored).", ["result"], registry=r,
+        )
+
     def observe_events(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Count what a committed transaction did, from the audit events it wrote.
 
@@ -104,7 +138,8 @@ class Metrics:
                 ).inc()
             elif kind in _ENDINGS:
                 status = RequestStatus(event["to_status"])
-                disposition = disposition_for(status)
+                disposition = disposition_for(
+                    status, by_policy=str(event["actor"]).startswith(POLICY_ACTOR_PREFIX))
                 if disposition is not None:
                     self.requests_decided.labels(disposition=disposition.value).inc()
                 if status is RequestStatus.EXPIRED:

@@ -100,6 +100,8 @@ class ResolveIn(Body):
 
 class RequestIn(Body):
     incident_id: UUID | None = None
+    # Instead of incident_id: the open incident with this fingerprint.
+    fingerprint: Name | None = None
     action: Annotated[StrictStr, Field(max_length=MAX_ACTION), Storable]
     params: JsonObject | None = None
     risk: Risk = Risk.MEDIUM
@@ -108,6 +110,12 @@ class RequestIn(Body):
     expires_at: Annotated[AwareDatetime, AfterValidator(utc_instant)] | None = None
     required_approvals: StrictInt = Field(default=1, ge=1, le=MAX_REQUIRED_APPROVALS)
     callback_url: Url | None = None
+    # Named approvers ask for people: the policy never approves such a request.
+    approvers: Annotated[list[Name], Field(max_length=100)] | None = None
+
+
+class PauseIn(Body):
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT), Storable]
 
 
 class DecisionIn(Body):
@@ -147,7 +155,11 @@ def request_deadline(
 def canonical_digest(body: BaseModel) -> str:
     """A stable fingerprint of a body, to tell a retried create from a different one."""
     # Defaults included: sending a default explicitly is the same body as leaving it out.
+    # Fields added later count only when given, so that digests stored before stay true.
     data = body.model_dump(mode="json")
+    for later in ("fingerprint", "approvers"):
+        if data.get(later) is None:
+            data.pop(later, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -17,27 +17,26 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors, queries, store
 from signoff.db import Database
-from signoff.doctor import Finding, run_checks
+from signoff.intake import IntakeOperations
 from signoff.lifecycle import (
     IncidentStatus,
     Principal,
     RequestStatus,
     ResolutionType,
     Role,
-    role_allows,
 )
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.notify.outbox import ADDED_KEY as OUTBOX_ADDED
 from signoff.notify.reminders import first_reminder
-from signoff.report import Report, build_report
+from signoff.policy import APPROVED, PolicyHolder
 from signoff.schemas import (
     DecisionIn,
     IncidentIn,
@@ -47,13 +46,13 @@ from signoff.schemas import (
     canonical_digest,
     request_deadline,
 )
+from signoff.service_policy import PolicyOperations, T, Work, allow, attach_precedents
+from signoff.service_reads import ReadOperations
 from signoff.settings import Settings
-from signoff.views import event_view, incident_view, knowledge_view, request_view
+from signoff.views import event_view, incident_view, request_view
 from signoff.waiters import Waiters, ended_requests
-from signoff.watchdog import CheckResult, Thresholds, run_watchdogs
+from signoff.watchdog import Thresholds
 
-T = TypeVar("T")
-Work = Callable[[AsyncConnection, datetime], Awaitable[T]]
 Id = uuid.UUID | str
 Page = dict[str, Any]
 log = get_logger("signoff.service")
@@ -80,11 +79,6 @@ def parse_id(value: Id, missing: type[errors.NotFound]) -> uuid.UUID:
         raise missing() from None
 
 
-def _allow(who: Principal, role: Role) -> None:
-    if not role_allows(who.role, role):
-        raise errors.Forbidden(f"this needs the {role.value} role; the token is {who.role}")
-
-
 def _content(body: T | errors.InvalidInput) -> T:
     if isinstance(body, errors.InvalidInput):
         raise body
@@ -95,12 +89,16 @@ def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
     return {"items": items, "next_cursor": next_cursor}
 
 
-class Service:
+class Service(PolicyOperations, IntakeOperations, ReadOperations):
     """signoff's operations over one database. Built at the edge (the app, a CLI command);
     the app's lifespan attaches the delivery worker and the resolver it wakes."""
 
-    def __init__(self, db: Database, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, metrics: Metrics,
+        policy: PolicyHolder | None = None,
+    ) -> None:
         self.db = db
+        self.policy = policy or PolicyHolder(None)
         self.settings = settings
         self.metrics = metrics
         self.thresholds = Thresholds.from_settings(settings)
@@ -176,7 +174,7 @@ class Service:
     async def create_incident(self, who: Principal, body: IncidentIn) -> tuple[Page, bool]:
         """Open an incident; an open one with the same fingerprint is returned instead
         (``created`` false)."""
-        _allow(who, Role.REQUESTER)
+        allow(who, Role.REQUESTER)
         row, created = await self._write(
             lambda conn, now: store.create_incident(conn, now, actor=who.name,
                                                     data=body.model_dump())
@@ -189,7 +187,7 @@ class Service:
         self, who: Principal, incident_id: Id, body: ResolveIn | errors.InvalidInput
     ) -> Page:
         """Resolve by hand (resolution type ``manual``); its pending requests are cancelled."""
-        _allow(who, Role.APPROVER)
+        allow(who, Role.APPROVER)
         iid = parse_id(incident_id, errors.IncidentNotFound)
 
         async def work(conn: AsyncConnection, now: datetime) -> Any:
@@ -207,7 +205,7 @@ class Service:
         return incident_view(row)
 
     async def get_incident(self, who: Principal, incident_id: Id) -> Page:
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
         iid = parse_id(incident_id, errors.IncidentNotFound)
         return incident_view(await self._read(lambda conn, now: store.get_incident(conn, iid)))
 
@@ -215,7 +213,7 @@ class Service:
         self, who: Principal, *, status: IncidentStatus | None = None,
         service: str | None = None, limit: int = 50, cursor: str | None = None,
     ) -> Page:
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
         page = await self._read(lambda conn, now: queries.list_incidents(
             conn, status=None if status is None else status.value, service=service,
             limit=limit, cursor=cursor,
@@ -235,7 +233,7 @@ class Service:
     ) -> tuple[Page, bool]:
         """Ask for sign-off. The same idempotency key and body return the same request
         (``created`` false), even once its deadline has passed."""
-        _allow(who, Role.REQUESTER)
+        allow(who, Role.REQUESTER)
         settings = self.settings
         digest = canonical_digest(body) if idempotency_key is not None else None
 
@@ -246,23 +244,32 @@ class Service:
                     if previous["idempotency_digest"] != digest:
                         raise errors.IdempotencyMismatch()
                     return await _request_out(conn, now, previous), False, previous["expires_at"]
+            incident = await self.incident_for(conn, body)
             expires_at = request_deadline(
                 body, now, default_ttl=settings.default_ttl, max_ttl=settings.max_ttl)
             if body.callback_url is not None:  # by its text: no DNS while creating
                 self.callbacks.check_url(body.callback_url)
+            verdict[:] = [await self.judge_request(conn, now, who, body, incident)]
             data = {
-                **body.model_dump(),
+                **body.model_dump(), "incident_id": incident and incident["id"],
                 "needs_analysis": settings.is_placeholder(body.action),
                 "next_reminder_at": first_reminder(now, expires_at, settings.reminders),
+                "policy": verdict[0] and verdict[0].as_json(),
             }
             row, created = await store.create_request(
                 conn, now, actor=who.name, data=data, expires_at=expires_at,
-                idempotency_key=idempotency_key, digest=digest,
+                idempotency_key=idempotency_key, digest=digest, incident=incident,
             )
+            if created and verdict[0] and verdict[0].decision == APPROVED:
+                row = await store.auto_approve_request(conn, now, row["id"],
+                                                       rule=str(verdict[0].rule))
+            verdict[:] = verdict if created else []
             return await _request_out(conn, now, row), created, expires_at
 
+        verdict: list[Any] = []
         out, created, expires_at = await self._write(work)
         if created:
+            self.count_verdict(verdict[0] if verdict else None, out["id"])
             if self.resolver is not None:
                 self.resolver.wake(expires_at)
             log.info("request_created", request_id=out["id"], incident_id=out["incident_id"],
@@ -274,7 +281,7 @@ class Service:
     ) -> Page:
         """The request; with ``wait`` seconds, once it is no longer pending (or its
         deadline or the wait has come), holding no connection meanwhile."""
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
         rid = parse_id(request_id, errors.RequestNotFound)
 
         async def work(conn: AsyncConnection, now: datetime) -> tuple[Page, float]:
@@ -296,7 +303,7 @@ class Service:
         self, who: Principal, *, status: RequestStatus | None = None,
         incident_id: uuid.UUID | None = None, limit: int = 50, cursor: str | None = None,
     ) -> Page:
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
 
         async def work(conn: AsyncConnection, now: datetime) -> Page:
             page = await queries.list_requests(
@@ -306,6 +313,7 @@ class Service:
                 conn, [r["id"] for r in page.rows if r["approval_count"]]
             )
             items = [request_view(r, found.get(r["id"], []), now) for r in page.rows]
+            await attach_precedents(conn, page.rows, items)
             return _page(items, page.next_cursor)
 
         return await self._read(work)
@@ -321,7 +329,7 @@ class Service:
         cursor: str | None,
     ) -> Page:
         """The audit trail of an incident or a request (``subject``), oldest first."""
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
         exists = store.get_incident if subject == "incident_id" else store.get_request
 
         async def work(conn: AsyncConnection, now: datetime) -> queries.Page:
@@ -350,7 +358,7 @@ class Service:
         self, who: Principal, request_id: Id, body: DecisionIn | errors.InvalidInput,
         *, approving: bool, via: str,
     ) -> Page:
-        _allow(who, Role.APPROVER)
+        allow(who, Role.APPROVER)
         transition = store.approve_request if approving else store.reject_request
 
         async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
@@ -371,7 +379,7 @@ class Service:
 
     async def cancel(self, who: Principal, request_id: Id) -> Page:
         """Withdraw a pending request; only its requester (or an admin) may."""
-        _allow(who, Role.REQUESTER)
+        allow(who, Role.REQUESTER)
         admin = who.role is Role.ADMIN
 
         async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
@@ -388,7 +396,7 @@ class Service:
         self, who: Principal, request_id: Id, body: OutcomeIn | errors.InvalidInput
     ) -> Page:
         """Record how the approved action went; success resolves its incident (``action``)."""
-        _allow(who, Role.REQUESTER)
+        allow(who, Role.REQUESTER)
         admin = who.role is Role.ADMIN
 
         async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
@@ -441,54 +449,17 @@ class Service:
                 status=status,
             ) from None
 
-    # -- knowledge, statistics and operations -------------------------------------------
-
-    async def list_knowledge(
-        self, who: Principal, *, incident_id: uuid.UUID | None = None,
-        service: str | None = None, fingerprint: str | None = None, limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        _allow(who, Role.VIEWER)
-        page = await self._read(lambda conn, now: queries.list_knowledge(
-            conn, incident_id=incident_id, service=service, fingerprint=fingerprint,
-            limit=limit, cursor=cursor,
-        ))
-        return _page([knowledge_view(r) for r in page.rows], page.next_cursor)
-
-    async def stats(
-        self, who: Principal, *, since: datetime | None = None, until: datetime | None = None
-    ) -> dict[str, Any]:
-        """Dispositions and rates of the requests that ended in ``[since, until)``."""
-        _allow(who, Role.VIEWER)
-        if since is not None and until is not None and since > until:
-            raise errors.InvalidInput("since must not be after until")
-        return await self._read(
-            lambda conn, now: queries.compute_stats(conn, since=since, until=until)
-        )
-
-    async def watchdog(self, *, limit: int = 100) -> list[CheckResult]:
-        """The watchdogs' findings now, computed from the database."""
-        return await self._read(
-            lambda conn, now: run_watchdogs(conn, now, self.thresholds, limit=limit)
-        )
-
-    async def report(self, day: date | None = None) -> Report:
-        """The daily report of a local day (today so far without one)."""
-        return await self._read(lambda conn, now: build_report(conn, now, self.settings, day))
-
-    async def doctor(self, grace: timedelta) -> list[Finding]:
-        """The lifecycle's invariants checked on the database."""
-        return await self._read(lambda conn, now: run_checks(conn, now, grace=grace))
-
 
 async def _request_out(
     conn: AsyncConnection, now: datetime, row: Any, *, voter: str | None = None
 ) -> Page:
-    """The request as answered; ``voter`` has just approved it (``store.approve_request``
-    records the vote at ``now``)."""
+    """The request as answered, with its precedents; ``voter`` has just approved it
+    (``store.approve_request`` records the vote at ``now``)."""
     if row["approval_count"] == 0:  # the common case: no votes to read
-        return request_view(row, [], now)
-    if voter is not None and row["approval_count"] == 1:  # that vote is the only one
-        return request_view(row, [{"approver": voter, "at": now.astimezone(UTC)}], now)
-    found = await queries.approvals_of(conn, [row["id"]])
-    return request_view(row, found[row["id"]], now)
+        out = request_view(row, [], now)
+    elif voter is not None and row["approval_count"] == 1:  # that vote is the only one
+        out = request_view(row, [{"approver": voter, "at": now.astimezone(UTC)}], now)
+    else:
+        out = request_view(row, (await queries.approvals_of(conn, [row["id"]]))[row["id"]], now)
+    await attach_precedents(conn, [row], [out])
+    return out

@@ -8,6 +8,7 @@ One module a concept, each using only the ones above it in this list:
 ``incidents``  incidents, their closing, and the knowledge entries closing writes
 ``requests``   approval requests and their transitions (approve, reject, cancel, outcome)
 ``expiry``     the resolver's claims and the reads that plan its next pass
+``policy``     the policy's kill switch, lookups and approvals, and precedents
 
 Callers use the names gathered here (``store.approve_request``), not the modules.
 """
@@ -28,6 +29,16 @@ from signoff.store.incidents import (
     get_incident,
     resolve_incident,
 )
+from signoff.store.policy import (
+    PolicyLookups,
+    auto_approve_request,
+    current_pause,
+    ended_with_policy,
+    open_incident_id,
+    pause_policy,
+    precedents_of,
+    resume_policy,
+)
 from signoff.store.requests import (
     ENDED_CHANNEL,
     WAKE_CHANNEL,
@@ -38,6 +49,7 @@ from signoff.store.requests import (
     explain_refusal,
     find_idempotent_request,
     get_request,
+    lock_incident,
     notify_ended,
     reject_request,
     report_outcome,
@@ -51,17 +63,21 @@ __all__ = [
     "PENDING",
     "WAKE_CHANNEL",
     "ExpiryBatch",
+    "PolicyLookups",
     "Principal",
     "Row",
     "approve_request",
     "authenticate",
+    "auto_approve_request",
     "cancel_request",
     "close_incidents",
     "count_due_requests",
     "create_incident",
     "create_request",
     "create_token",
+    "current_pause",
     "due_request_ids",
+    "ended_with_policy",
     "expire_due_requests",
     "explain_outcome_refusal",
     "explain_refusal",
@@ -70,12 +86,17 @@ __all__ = [
     "get_request",
     "hash_token",
     "is_live",
+    "lock_incident",
     "next_deadline",
     "notify_ended",
+    "open_incident_id",
+    "pause_policy",
     "pending_overview",
+    "precedents_of",
     "record_events",
     "reject_request",
     "report_outcome",
     "resolve_incident",
+    "resume_policy",
     "settle_request",
 ]

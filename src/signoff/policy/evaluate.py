@@ -1,0 +1,185 @@
+"""Evaluating the policy for one new request: every rule, each failed condition a reason.
+
+The conditions on the request itself are checked first; a rule's ``limit`` and
+``precedent`` read the database (through ``Lookups``) only when all of them hold, so a
+policy of many rules costs queries only for the rules that could approve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from signoff.lifecycle import Risk, Severity
+from signoff.policy.rules import RISK_ORDER, SEVERITY_ORDER, WEEKDAYS, Policy, Rule
+
+APPROVED, NONE, PAUSED = "approved", "none", "paused"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the rules look at. ``now`` is in the display time zone."""
+
+    action: str
+    requested_by: str
+    risk: Risk
+    severity: Severity | None
+    service: str | None
+    fingerprint: str | None
+    now: datetime
+    required_approvals: int = 1
+    approvers: tuple[str, ...] = ()
+    placeholder: bool = False
+
+
+class Lookups(Protocol):
+    async def auto_approvals(self, rule: str, service: str | None, since: datetime) -> int:
+        """How many requests ``policy:<rule>`` approved for ``service`` since ``since``."""
+
+    async def precedent(
+        self, by: str, key: str, action: str, since: datetime
+    ) -> tuple[int, int]:
+        """Requests with this action for this fingerprint or service decided since
+        ``since``: (approved by people and reported succeeded, rejected by people)."""
+
+
+@dataclass
+class Evaluation:
+    rule: str
+    mode: str
+    holds: bool
+    reasons: list[str] = field(default_factory=list)
+    codes: list[str] = field(default_factory=list)
+
+    def fail(self, code: str, reason: str) -> None:
+        self.holds = False
+        self.codes.append(code)
+        self.reasons.append(reason)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "mode": self.mode, "holds": self.holds,
+                "reasons": list(self.reasons)}
+
+
+@dataclass
+class Verdict:
+    decision: str
+    rule: str | None
+    evaluations: list[Evaluation]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"decision": self.decision, "rule": self.rule,
+                "evaluations": [e.as_json() for e in self.evaluations]}
+
+
+def _listed(values: list[str]) -> str:
+    return ", ".join(values)
+
+
+def _days(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def check_request(rule: Rule, facts: Facts, zone_name: str) -> Evaluation:
+    """The conditions that need no database, each failed one a reason."""
+    out = Evaluation(rule.name, rule.mode, True)
+    if facts.placeholder:
+        out.fail("placeholder", "the action is a placeholder (it needs analysis): "
+                 "never approved automatically")
+    if facts.required_approvals > 1 or facts.approvers:
+        asked = (f"required_approvals {facts.required_approvals}"
+                 if facts.required_approvals > 1 else "named approvers")
+        out.fail("asks_for_people", f"the request asks for people ({asked}): never "
+                 "approved automatically")
+    if not rule.matches_action(facts.action):
+        out.fail("actions", f"action {facts.action!r} matches none of actions "
+                 f"{_listed(rule.actions)}")
+    if rule.requesters is not None and facts.requested_by not in rule.requesters:
+        out.fail("requesters", f"requested by {facts.requested_by}, who is not one of "
+                 f"requesters {_listed(rule.requesters)}")
+    if rule.max_risk is not None and RISK_ORDER[facts.risk] > RISK_ORDER[rule.max_risk]:
+        out.fail("max_risk", f"risk {facts.risk} is above max_risk {rule.max_risk}")
+    if rule.max_severity is not None:
+        if facts.severity is None:
+            out.fail("max_severity", f"the request has no incident, so no severity to "
+                     f"compare with max_severity {rule.max_severity}")
+        elif SEVERITY_ORDER[facts.severity] > SEVERITY_ORDER[rule.max_severity]:
+            out.fail("max_severity", f"severity {facts.severity} is above max_severity "
+                     f"{rule.max_severity}")
+    if rule.services is not None:
+        if facts.service is None:
+            out.fail("services", "the request has no incident with a service, so it is "
+                     f"not one of services {_listed(rule.services)}")
+        elif facts.service not in rule.services:
+            out.fail("services", f"service {facts.service} is not one of services "
+                     f"{_listed(rule.services)}")
+    if rule.exclude_services is not None and facts.service in rule.exclude_services:
+        out.fail("exclude_services", f"service {facts.service} is in exclude_services")
+    window = rule.window
+    if window is not None and not window.holds(facts.now.time()):
+        out.fail("hours", f"{facts.now:%H:%M} {zone_name} is outside hours {window.text}")
+    if rule.weekdays is not None:
+        day = WEEKDAYS[facts.now.weekday()]
+        if day not in rule.weekdays:
+            out.fail("weekdays", f"{day} ({facts.now:%Y-%m-%d} {zone_name}) is not one of "
+                     f"weekdays {_listed(list(rule.weekdays))}")
+    return out
+
+
+async def check_history(
+    rule: Rule, facts: Facts, out: Evaluation, lookups: Lookups,
+    cache: dict[tuple[str, str, str, timedelta], tuple[int, int]],
+) -> None:
+    """A rule's ``limit`` and ``precedent``, read from the database."""
+    now = facts.now
+    if rule.limit is not None:
+        done = await lookups.auto_approvals(rule.name, facts.service, now - rule.limit.per)
+        if done >= rule.limit.count:
+            where = f"service {facts.service}" if facts.service else "requests with no service"
+            out.fail("limit", f"limit reached: {done} auto-approvals by this rule for {where} "
+                     f"in the last {_days(rule.limit.per)} (limit {rule.limit.count})")
+    if rule.precedent is not None:
+        p = rule.precedent
+        key = facts.fingerprint if p.by == "fingerprint" else facts.service
+        if key is None:
+            out.fail("precedent", f"precedent is by {p.by}, and the request has none")
+            return
+        folded = facts.action.strip().casefold()
+        slot = (p.by, key, folded, p.within)
+        found = cache.get(slot)
+        if found is None:
+            found = await lookups.precedent(p.by, key, folded, now - p.within)
+            cache[slot] = found
+        succeeded, rejected = found
+        if rejected:
+            out.fail("precedent", f"a person rejected this action for {p.by} {key} in the "
+                     f"last {_days(p.within)} ({rejected} rejection(s))")
+        elif succeeded < p.approved:
+            out.fail("precedent", f"only {succeeded} of the {p.approved} approvals by people "
+                     f"with a reported success needed for {p.by} {key} in the last "
+                     f"{_days(p.within)}")
+
+
+async def evaluate(
+    policy: Policy, facts: Facts, lookups: Lookups, *, paused: bool, zone_name: str
+) -> Verdict:
+    """Every rule, in file order; the first ``enforce`` rule that holds approves (unless
+    the policy is paused: then the decision is ``paused`` and people decide)."""
+    evaluations = []
+    cache: dict[tuple[str, str, str, timedelta], tuple[int, int]] = {}
+    chosen: str | None = None
+    for rule in policy.rules:
+        out = check_request(rule, facts, zone_name)
+        if out.holds:
+            await check_history(rule, facts, out, lookups, cache)
+        evaluations.append(out)
+        if out.holds and rule.mode == "enforce" and chosen is None:
+            chosen = rule.name
+    if chosen is None:
+        return Verdict(NONE, None, evaluations)
+    return Verdict(PAUSED if paused else APPROVED, chosen, evaluations)

@@ -1,0 +1,208 @@
+"""The policy's reads and writes: its kill switch, its lookups (precedent, limits), the
+policy's approval of a new request, precedents for answers and the rows of shadow figures.
+
+The precedent and limit reads are range scans of partial indexes on ``approval_requests``
+(people's decisions by fingerprint or by service; the policy's approvals by rule), which
+``tests/integration/test_policy_explain.py`` holds to.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from signoff import errors
+from signoff.lifecycle import POLICY_ACTOR_PREFIX, Disposition, EventKind, RequestStatus
+from signoff.store.prepared import Prepared
+from signoff.store.rows import PENDING, Row, record_events
+from signoff.tables import incidents, knowledge, policy_pauses, requests
+
+PRECEDENTS = 5
+
+_PAUSE = Prepared(sa.select(policy_pauses).where(policy_pauses.c.open.is_(True)))
+
+
+async def current_pause(conn: AsyncConnection) -> Row | None:
+    """The open pause of the policy (every replica reads it here), or None."""
+    return await _PAUSE.first(conn, {})
+
+
+async def pause_policy(conn: AsyncConnection, now: datetime, *, actor: str, reason: str) -> Row:
+    """Pause the policy: nothing is auto-approved until it is resumed. Audited."""
+    found = await current_pause(conn)
+    if found is not None:
+        raise errors.PolicyAlreadyPaused(
+            f"the policy is already paused by {found['paused_by']}: {found['reason']}",
+            status="paused")
+    row = (await conn.execute(
+        policy_pauses.insert().values(paused_by=actor, paused_at=now, reason=reason, open=True)
+        .returning(*policy_pauses.c)
+    )).mappings().one()  # a concurrent pause fails the unique ``open``: the caller retries
+    await record_events(conn, [{"at": now, "kind": EventKind.POLICY_PAUSED, "actor": actor,
+                                "detail": {"reason": reason}}])
+    return row
+
+
+async def resume_policy(conn: AsyncConnection, now: datetime, *, actor: str) -> Row:
+    """End the open pause (it stays, closed, as history). Audited."""
+    row = (await conn.execute(
+        policy_pauses.update().where(policy_pauses.c.open.is_(True))
+        .values(open=None, resumed_by=actor, resumed_at=now).returning(*policy_pauses.c)
+    )).mappings().first()
+    if row is None:
+        raise errors.PolicyNotPaused(status="running")
+    await record_events(conn, [{"at": now, "kind": EventKind.POLICY_RESUMED, "actor": actor,
+                                "detail": {"paused_by": row["paused_by"],
+                                           "reason": row["reason"]}}])
+    return row
+
+
+_OPEN_BY_FINGERPRINT = Prepared(sa.select(incidents.c.id).where(
+    incidents.c.fingerprint == sa.bindparam("fingerprint", type_=sa.Text()),
+    incidents.c.status == sa.literal_column("'open'"),
+))
+
+
+async def open_incident_id(conn: AsyncConnection, fingerprint: str) -> uuid.UUID:
+    """The open incident with this fingerprint; ``IncidentNotFound`` when none is open."""
+    found = await _OPEN_BY_FINGERPRINT.first(conn, {"fingerprint": fingerprint})
+    if found is None:
+        raise errors.IncidentNotFound("no open incident has that fingerprint")
+    iid: uuid.UUID = found["id"]
+    return iid
+
+
+_HUMAN = requests.c.disposition.in_([sa.literal_column("'human_approved'"),
+                                     sa.literal_column("'human_rejected'")])
+
+
+def _precedent_statement(column: Any) -> Prepared:
+    approved = sa.and_(
+        requests.c.disposition == sa.literal_column("'human_approved'"),
+        requests.c.outcome_succeeded.is_(True))
+    return Prepared(sa.select(
+        sa.func.count().filter(approved).label("succeeded"),
+        sa.func.count().filter(
+            requests.c.disposition == sa.literal_column("'human_rejected'")).label("rejected"),
+    ).where(
+        column == sa.bindparam("key", type_=sa.Text()), _HUMAN,
+        requests.c.decided_at > sa.bindparam("since", type_=requests.c.decided_at.type),
+        sa.func.lower(requests.c.action) == sa.bindparam("action", type_=sa.Text()),
+    ))
+
+
+_PRECEDENT = {"fingerprint": _precedent_statement(requests.c.fingerprint),
+              "service": _precedent_statement(requests.c.service)}
+_AUTO = requests.c.disposition == sa.literal_column("'auto_repair'")
+_LIMIT = {
+    present: Prepared(sa.select(sa.func.count()).where(
+        requests.c.decided_by == sa.bindparam("actor", type_=sa.Text()), _AUTO,
+        requests.c.decided_at > sa.bindparam("since", type_=requests.c.decided_at.type),
+        requests.c.service == sa.bindparam("service", type_=sa.Text()) if present
+        else requests.c.service.is_(None),
+    ).select_from(requests))
+    for present in (True, False)
+}
+_LIMIT_LOCK = Prepared(sa.select(sa.func.pg_advisory_xact_lock(
+    sa.func.hashtextextended(sa.bindparam("key", type_=sa.Text()), 0))))
+
+
+class PolicyLookups:
+    """The policy's reads, in the create's transaction (``signoff.policy.Lookups``)."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def auto_approvals(self, rule: str, service: str | None, since: datetime) -> int:
+        actor = POLICY_ACTOR_PREFIX + rule
+        if self.conn.dialect.name == "postgresql":
+            # Two creates at once must not both take the last place under the limit: they
+            # count one after the other (SQLite's writers take turns anyway).
+            await _LIMIT_LOCK.rows(self.conn, {"key": f"{actor}\x00{service}"})
+        found = await _LIMIT[service is not None].first(
+            self.conn, {"actor": actor, "service": service, "since": since})
+        return int(next(iter(found.values()))) if found else 0
+
+    async def precedent(self, by: str, key: str, action: str, since: datetime
+                        ) -> tuple[int, int]:
+        found = await _PRECEDENT[by].first(
+            self.conn, {"key": key, "action": action, "since": since})
+        if found is None:
+            return 0, 0
+        return int(found["succeeded"]), int(found["rejected"])
+
+
+_AUTO_APPROVE = Prepared(requests.update().where(
+    requests.c.id == sa.bindparam("request_id", type_=sa.Uuid()),
+    requests.c.status == PENDING,
+    requests.c.expires_at > sa.bindparam("now", type_=requests.c.expires_at.type),
+    requests.c.needs_analysis.is_(False), requests.c.required_approvals == 1,
+).values(
+    status=RequestStatus.APPROVED.value, disposition=Disposition.AUTO_REPAIR.value,
+    decided_by=sa.bindparam("actor", type_=sa.Text()),
+    decided_at=sa.bindparam("now", type_=requests.c.decided_at.type),
+).returning(*requests.c))
+
+
+async def auto_approve_request(
+    conn: AsyncConnection, now: datetime, request_id: uuid.UUID, *, rule: str
+) -> Row:
+    """The policy's approval of a request it has just created: ``policy:<rule>``."""
+    actor = POLICY_ACTOR_PREFIX + rule
+    row = await _AUTO_APPROVE.first(conn, {"request_id": request_id, "now": now,
+                                           "actor": actor})
+    if row is None:  # created in this transaction: nothing else can have moved it
+        raise RuntimeError(f"request {request_id} could not be approved by {actor}")
+    await record_events(conn, [{
+        "at": now, "kind": EventKind.REQUEST_APPROVED, "actor": actor,
+        "request_id": request_id, "incident_id": row["incident_id"],
+        "from_status": PENDING, "to_status": RequestStatus.APPROVED.value,
+        "detail": {"rule": rule},
+    }], current=[row])
+    return row
+
+
+async def precedents_of(
+    conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+) -> dict[uuid.UUID, list[Row]]:
+    """Up to ``PRECEDENTS`` knowledge entries for each request: its fingerprint's, newest
+    first, else its service's; none for a request with neither. One read per key."""
+    found: dict[tuple[str, str], list[Row]] = {}
+    out: dict[uuid.UUID, list[Row]] = {}
+    for row in rows:
+        entries: list[Row] = []
+        for by in ("fingerprint", "service"):
+            key = row.get(by)
+            if key is None:
+                continue
+            if (by, key) not in found:
+                found[(by, key)] = list((await conn.execute(
+                    sa.select(knowledge).where(knowledge.c[by] == key)
+                    .order_by(knowledge.c.created_at.desc(), knowledge.c.id.desc())
+                    .limit(PRECEDENTS))).mappings().all())
+            entries = found[(by, key)]
+            if entries:
+                break
+        out[row["id"]] = entries
+    return out
+
+
+async def ended_with_policy(
+    conn: AsyncConnection, *, since: datetime | None, until: datetime | None
+) -> list[Row]:
+    """Requests evaluated by a policy that ended in ``[since, until)``, oldest first."""
+    where = [requests.c.status != PENDING, requests.c.policy.isnot(None),
+             requests.c.decided_at.isnot(None)]
+    if since is not None:
+        where.append(requests.c.decided_at >= since)
+    if until is not None:
+        where.append(requests.c.decided_at < until)
+    return list((await conn.execute(
+        sa.select(requests.c.id, requests.c.action, requests.c.disposition,
+                  requests.c.policy).where(*where)
+        .order_by(requests.c.decided_at, requests.c.id))).mappings().all())
