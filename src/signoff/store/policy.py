@@ -123,7 +123,7 @@ class PolicyLookups:
         if self.conn.dialect.name == "postgresql":
             # Two creates at once must not both take the last place under the limit: they
             # count one after the other (SQLite's writers take turns anyway).
-            await _LIMIT_LOCK.rows(self.conn, {"key": f"{actor}\x00{service}"})
+            await _LIMIT_LOCK.rows(self.conn, {"key": f"{actor}|{service!r}"})
         found = await _LIMIT[service is not None].first(
             self.conn, {"actor": actor, "service": service, "since": since})
         return int(next(iter(found.values()))) if found else 0
