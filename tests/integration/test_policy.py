@@ -17,7 +17,14 @@ from signoff.policy import PolicyError
 from signoff.settings import Settings
 from signoff.tables import events
 from tests.conftest import FakeClock
-from tests.integration.policy_support import ask, incident, policy_api, reasons, write_policy
+from tests.integration.policy_support import (
+    ask,
+    incident,
+    make_tokens,
+    policy_api,
+    reasons,
+    write_policy,
+)
 
 RESTART = """
 [[rules]]
@@ -256,33 +263,34 @@ async def test_the_kill_switch_is_obeyed_by_a_second_replica_at_once(
     path = write_policy(tmp_path / "policy.toml", RESTART)
     other = Database.from_settings(Settings(database_url=db_url), clock=clock)
     try:
-        async with policy_api(clocked_db, db_url, path) as one:
-            async with policy_api(other, db_url, path, tokens=one.tokens) as two:
-                inc = await incident(one, "fp-1")
-                for who, body, status in (("alice", {"reason": "x"}, 403),
-                                          ("bot", {"reason": "x"}, 403),
-                                          ("root", {}, 422), ("root", {"reason": ""}, 422)):
-                    refused = await one.as_(who).post("/policy/pause", json=body)
-                    assert refused.status_code == status, refused.text
-                assert (await one.as_("root").post("/policy/resume")).status_code == 409
-                paused = await one.as_("root").post("/policy/pause",
-                                                    json={"reason": "bad deploy"})
-                assert paused.status_code == 200, paused.text
-                assert paused.json()["paused"]["by"] == "root"
-                again = await one.as_("root").post("/policy/pause", json={"reason": "again"})
-                assert again.status_code == 409
-                shown = (await two.as_("viewer").get("/policy")).json()["paused"]
-                assert shown == {"by": "root", "at": clock.now.isoformat(),
-                                 "reason": "bad deploy"}
-                made = await ask(two, "restart pod web-1", incident_id=inc["id"])
-                assert made["status"] == "pending"
-                assert made["policy"]["decision"] == "paused"
-                assert made["policy"]["rule"] == "restart-web"
-                resumed = await two.as_("root").post("/policy/resume")
-                assert resumed.status_code == 200
-                assert resumed.json()["paused"] is None
-                again_made = await ask(one, "restart pod web-1", incident_id=inc["id"])
-                assert again_made["status"] == "approved"
+        tokens = await make_tokens(clocked_db)
+        async with policy_api(clocked_db, db_url, path, tokens=tokens) as one, \
+                policy_api(other, db_url, path, tokens=tokens) as two:
+            inc = await incident(one, "fp-1")
+            for who, body, status in (("alice", {"reason": "x"}, 403),
+                                      ("bot", {"reason": "x"}, 403),
+                                      ("root", {}, 422), ("root", {"reason": ""}, 422)):
+                refused = await one.as_(who).post("/policy/pause", json=body)
+                assert refused.status_code == status, refused.text
+            assert (await one.as_("root").post("/policy/resume")).status_code == 409
+            paused = await one.as_("root").post("/policy/pause",
+                                                json={"reason": "bad deploy"})
+            assert paused.status_code == 200, paused.text
+            assert paused.json()["paused"]["by"] == "root"
+            again = await one.as_("root").post("/policy/pause", json={"reason": "again"})
+            assert again.status_code == 409
+            shown = (await two.as_("viewer").get("/policy")).json()["paused"]
+            assert shown == {"by": "root", "at": clock.now.isoformat(),
+                             "reason": "bad deploy"}
+            made = await ask(two, "restart pod web-1", incident_id=inc["id"])
+            assert made["status"] == "pending"
+            assert made["policy"]["decision"] == "paused"
+            assert made["policy"]["rule"] == "restart-web"
+            resumed = await two.as_("root").post("/policy/resume")
+            assert resumed.status_code == 200
+            assert resumed.json()["paused"] is None
+            again_made = await ask(one, "restart pod web-1", incident_id=inc["id"])
+            assert again_made["status"] == "approved"
         async with clocked_db.engine.connect() as conn:
             audit = (await conn.execute(
                 sa.select(events.c.kind, events.c.actor, events.c.detail)
