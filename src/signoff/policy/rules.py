@@ -77,16 +77,18 @@ class Precedent(Strict):
 
 @dataclass(frozen=True)
 class Hours:
-    """A daily window, start included, end excluded; it wraps midnight when end < start."""
+    """A daily window in minutes of the day, start included, end excluded (1440: the end
+    of the day); it wraps midnight when end < start."""
 
-    start: time
-    end: time
+    start: int
+    end: int
     text: str
 
     def holds(self, at: time) -> bool:
+        minute = at.hour * 60 + at.minute + (at.second + at.microsecond / 1e6) / 60
         if self.start < self.end:
-            return self.start <= at < self.end
-        return at >= self.start or at < self.end
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
 
 
 def parse_hours(value: str) -> Hours:
@@ -96,7 +98,7 @@ def parse_hours(value: str) -> Hours:
     h1, m1, h2, m2 = (int(g) for g in match.groups())
     if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2):
         raise ValueError(f"bad time range {value!r}: not times of day")
-    start, end = time(h1, m1), time(0, 0) if h2 == 24 else time(h2, m2)
+    start, end = h1 * 60 + m1, h2 * 60 + m2
     if start == end:
         raise ValueError(f"bad time range {value!r}: start and end are the same")
     return Hours(start, end, f"{h1:02}:{m1:02}-{h2:02}:{m2:02}")
