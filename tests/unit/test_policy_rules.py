@@ -56,7 +56,8 @@ def test_the_shipped_example_is_accepted() -> None:
     ("[[rules]\nname = 1", "line 1: bad TOML: "),
     ('[[rules]]\nname = "a"\nactions = ["x"]\ncolour = "red"\n',
      "line 4: colour (rule 'a'): unknown key"),
-    ('[[rules]]\nname = "a"\nactions = ["x"]\n\n[[rules]]\nname = "b"\nactions = ["restart [web"]\n',
+    ('[[rules]]\nname = "a"\nactions = ["x"]\n\n[[rules]]\nname = "b"\n'
+     'actions = ["restart [web"]\n',
      "line 7: actions (rule 'b'): bad glob 'restart [web': a '[' is not closed"),
     ('[[rules]]\nname = "a"\nactions = ["x"]\nhours = "20:00-20:00"\n',
      "line 4: hours (rule 'a'): bad time range '20:00-20:00': start and end are the same"),
