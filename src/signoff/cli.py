@@ -18,6 +18,7 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
 from signoff.cli_client import add_client_commands
+from signoff.cli_policy import add_policy_commands
 from signoff.db import (
     Database,
     is_login_refused,
@@ -44,6 +45,7 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 add_client_commands(app)
+add_policy_commands(app)
 err = Console(stderr=True)
 
 

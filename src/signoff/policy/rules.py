@@ -252,6 +252,8 @@ class _Places:
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required"
+        elif error["type"] == "string_pattern_mismatch" and key == "name":
+            message = "a rule name is lowercase letters, digits and '-'"
         message = message.removeprefix("Value error, ")
         name = self._rule_name(index)
         where = f" (rule {name!r})" if name else f" (rule {index + 1})" if index is not None else ""
