@@ -34,14 +34,18 @@ class Facts:
 
 
 class Lookups(Protocol):
-    async def auto_approvals(self, rule: str, service: str | None, since: datetime) -> int:
-        """How many requests ``policy:<rule>`` approved for ``service`` since ``since``."""
+    async def auto_approvals(
+        self, rules: list[str], service: str | None, since: datetime
+    ) -> list[tuple[str, datetime]]:
+        """(rule, decided_at) of each request these rules approved for ``service``
+        since ``since``."""
 
-    async def precedent(
+    async def decisions(
         self, by: str, key: str, action: str, since: datetime
-    ) -> tuple[int, int]:
-        """Requests with this action for this fingerprint or service decided since
-        ``since``: (approved by people and reported succeeded, rejected by people)."""
+    ) -> list[tuple[datetime, bool]]:
+        """(decided_at, approved and reported succeeded) of each request with this action
+        (folded) for this fingerprint or service that people decided since ``since``;
+        ``False`` for a rejection, and approvals without a reported success are left out."""
 
 
 @dataclass
@@ -131,14 +135,40 @@ def check_request(rule: Rule, facts: Facts, zone_name: str) -> Evaluation:
     return out
 
 
-async def check_history(
-    rule: Rule, facts: Facts, out: Evaluation, lookups: Lookups,
-    cache: dict[tuple[str, str, str, timedelta], tuple[int, int]],
-) -> None:
-    """A rule's ``limit`` and ``precedent``, read from the database."""
+@dataclass
+class History:
+    """What the rules that may still hold need from the database, read in a few
+    statements for all of them: their auto-approvals, and people's decisions."""
+
+    approvals: dict[str, list[datetime]] = field(default_factory=dict)
+    decisions: dict[str, list[tuple[datetime, bool]]] = field(default_factory=dict)
+
+    @classmethod
+    async def read(cls, rules: list[Rule], facts: Facts, lookups: Lookups) -> History:
+        out = cls()
+        limited = [r for r in rules if r.limit is not None]
+        if limited:
+            since = facts.now - max(r.limit.per for r in limited if r.limit is not None)
+            found = await lookups.auto_approvals([r.name for r in limited], facts.service,
+                                                 since)
+            for rule, at in found:
+                out.approvals.setdefault(rule, []).append(at)
+        for by in ("fingerprint", "service"):
+            windows = [r.precedent.within for r in rules
+                       if r.precedent is not None and r.precedent.by == by]
+            key = facts.fingerprint if by == "fingerprint" else facts.service
+            if windows and key is not None:
+                out.decisions[by] = await lookups.decisions(
+                    by, key, facts.action.strip().casefold(), facts.now - max(windows))
+        return out
+
+
+def check_history(rule: Rule, facts: Facts, out: Evaluation, history: History) -> None:
+    """A rule's ``limit`` and ``precedent``, from what ``History`` read."""
     now = facts.now
     if rule.limit is not None:
-        done = await lookups.auto_approvals(rule.name, facts.service, now - rule.limit.per)
+        since = now - rule.limit.per
+        done = sum(at > since for at in history.approvals.get(rule.name, []))
         if done >= rule.limit.count:
             where = f"service {facts.service}" if facts.service else "requests with no service"
             out.fail("limit", f"limit reached: {done} auto-approvals by this rule for {where} "
@@ -149,13 +179,10 @@ async def check_history(
         if key is None:
             out.fail("precedent", f"precedent is by {p.by}, and the request has none")
             return
-        folded = facts.action.strip().casefold()
-        slot = (p.by, key, folded, p.within)
-        found = cache.get(slot)
-        if found is None:
-            found = await lookups.precedent(p.by, key, folded, now - p.within)
-            cache[slot] = found
-        succeeded, rejected = found
+        since = now - p.within
+        recent = [ok for at, ok in history.decisions.get(p.by, []) if at > since]
+        rejected = recent.count(False)
+        succeeded = recent.count(True)
         if rejected:
             out.fail("precedent", f"a person rejected this action for {p.by} {key} in the "
                      f"last {_days(p.within)} ({rejected} rejection(s))")
@@ -170,16 +197,14 @@ async def evaluate(
 ) -> Verdict:
     """Every rule, in file order; the first ``enforce`` rule that holds approves (unless
     the policy is paused: then the decision is ``paused`` and people decide)."""
-    evaluations = []
-    cache: dict[tuple[str, str, str, timedelta], tuple[int, int]] = {}
-    chosen: str | None = None
-    for rule in policy.rules:
-        out = check_request(rule, facts, zone_name)
-        if out.holds:
-            await check_history(rule, facts, out, lookups, cache)
-        evaluations.append(out)
-        if out.holds and rule.mode == "enforce" and chosen is None:
-            chosen = rule.name
+    evaluations = [check_request(rule, facts, zone_name) for rule in policy.rules]
+    open_rules = [r for r, e in zip(policy.rules, evaluations, strict=True) if e.holds]
+    if open_rules:
+        history = await History.read(open_rules, facts, lookups)
+        for rule, out in zip(policy.rules, evaluations, strict=True):
+            if out.holds:
+                check_history(rule, facts, out, history)
+    chosen = next((e.rule for e in evaluations if e.holds and e.mode == "enforce"), None)
     if chosen is None:
         return Verdict(NONE, None, evaluations)
     return Verdict(PAUSED if paused else APPROVED, chosen, evaluations)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors
@@ -62,7 +63,7 @@ async def resume_policy(conn: AsyncConnection, now: datetime, *, actor: str) -> 
     return row
 
 
-_OPEN_BY_FINGERPRINT = Prepared(sa.select(incidents.c.id).where(
+OPEN_BY_FINGERPRINT = Prepared(sa.select(incidents.c.id).where(
     incidents.c.fingerprint == sa.bindparam("fingerprint", type_=sa.Text()),
     incidents.c.status == sa.literal_column("'open'"),
 ))
@@ -70,7 +71,7 @@ _OPEN_BY_FINGERPRINT = Prepared(sa.select(incidents.c.id).where(
 
 async def open_incident_id(conn: AsyncConnection, fingerprint: str) -> uuid.UUID:
     """The open incident with this fingerprint; ``IncidentNotFound`` when none is open."""
-    found = await _OPEN_BY_FINGERPRINT.first(conn, {"fingerprint": fingerprint})
+    found = await OPEN_BY_FINGERPRINT.first(conn, {"fingerprint": fingerprint})
     if found is None:
         raise errors.IncidentNotFound("no open incident has that fingerprint")
     iid: uuid.UUID = found["id"]
@@ -81,34 +82,42 @@ _HUMAN = requests.c.disposition.in_([sa.literal_column("'human_approved'"),
                                      sa.literal_column("'human_rejected'")])
 
 
-def _precedent_statement(column: Any) -> Prepared:
-    approved = sa.and_(
-        requests.c.disposition == sa.literal_column("'human_approved'"),
-        requests.c.outcome_succeeded.is_(True))
-    return Prepared(sa.select(
-        sa.func.count().filter(approved).label("succeeded"),
-        sa.func.count().filter(
-            requests.c.disposition == sa.literal_column("'human_rejected'")).label("rejected"),
-    ).where(
+def _decisions_statement(column: Any) -> Prepared:
+    """People's decisions on an action for a fingerprint (or service): a range of the
+    partial index of people's decisions."""
+    approved = sa.and_(requests.c.disposition == sa.literal_column("'human_approved'"),
+                       requests.c.outcome_succeeded.is_(True))
+    return Prepared(sa.select(requests.c.decided_at, approved.label("succeeded")).where(
         column == sa.bindparam("key", type_=sa.Text()), _HUMAN,
         requests.c.decided_at > sa.bindparam("since", type_=requests.c.decided_at.type),
         sa.func.lower(requests.c.action) == sa.bindparam("action", type_=sa.Text()),
+        sa.or_(requests.c.disposition == sa.literal_column("'human_rejected'"), approved),
     ))
 
 
-_PRECEDENT = {"fingerprint": _precedent_statement(requests.c.fingerprint),
-              "service": _precedent_statement(requests.c.service)}
+DECISIONS = {"fingerprint": _decisions_statement(requests.c.fingerprint),
+             "service": _decisions_statement(requests.c.service)}
 _AUTO = requests.c.disposition == sa.literal_column("'auto_repair'")
-_LIMIT = {
-    present: Prepared(sa.select(sa.func.count()).where(
-        requests.c.decided_by == sa.bindparam("actor", type_=sa.Text()), _AUTO,
+AUTO_APPROVALS = {
+    present: Prepared(sa.select(requests.c.decided_by, requests.c.decided_at).where(
+        requests.c.decided_by.in_(sa.bindparam("actors", expanding=True)), _AUTO,
         requests.c.decided_at > sa.bindparam("since", type_=requests.c.decided_at.type),
         requests.c.service == sa.bindparam("service", type_=sa.Text()) if present
         else requests.c.service.is_(None),
-    ).select_from(requests))
+    ))
     for present in (True, False)
 }
-_LIMIT_LOCK = Prepared(sa.select(sa.func.pg_advisory_xact_lock(
+AUTO_APPROVALS_PG = {
+    present: Prepared(sa.select(requests.c.decided_by, requests.c.decided_at).where(
+        requests.c.decided_by == sa.any_(sa.bindparam("actors", type_=postgresql.ARRAY(
+            sa.Text()))), _AUTO,
+        requests.c.decided_at > sa.bindparam("since", type_=requests.c.decided_at.type),
+        requests.c.service == sa.bindparam("service", type_=sa.Text()) if present
+        else requests.c.service.is_(None),
+    ))
+    for present in (True, False)
+}
+LIMIT_LOCK = Prepared(sa.select(sa.func.pg_advisory_xact_lock(
     sa.func.hashtextextended(sa.bindparam("key", type_=sa.Text()), 0))))
 
 
@@ -118,23 +127,27 @@ class PolicyLookups:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def auto_approvals(self, rule: str, service: str | None, since: datetime) -> int:
-        actor = POLICY_ACTOR_PREFIX + rule
+    async def auto_approvals(
+        self, rules: list[str], service: str | None, since: datetime
+    ) -> list[tuple[str, datetime]]:
+        actors = [POLICY_ACTOR_PREFIX + rule for rule in rules]
+        params = {"actors": actors, "service": service, "since": since}
         if self.conn.dialect.name == "postgresql":
-            # Two creates at once must not both take the last place under the limit: they
+            # Two creates at once must not both take the last place under a limit: they
             # count one after the other (SQLite's writers take turns anyway).
-            await _LIMIT_LOCK.rows(self.conn, {"key": f"{actor}|{service!r}"})
-        found = await _LIMIT[service is not None].first(
-            self.conn, {"actor": actor, "service": service, "since": since})
-        return int(next(iter(found.values()))) if found else 0
+            await LIMIT_LOCK.rows(self.conn, {"key": f"signoff-limit|{service!r}"})
+            found = await AUTO_APPROVALS_PG[service is not None].rows(self.conn, params)
+        else:
+            found = await AUTO_APPROVALS[service is not None].rows(self.conn, params)
+        cut = len(POLICY_ACTOR_PREFIX)
+        return [(row["decided_by"][cut:], row["decided_at"]) for row in found]
 
-    async def precedent(self, by: str, key: str, action: str, since: datetime
-                        ) -> tuple[int, int]:
-        found = await _PRECEDENT[by].first(
+    async def decisions(
+        self, by: str, key: str, action: str, since: datetime
+    ) -> list[tuple[datetime, bool]]:
+        found = await DECISIONS[by].rows(
             self.conn, {"key": key, "action": action, "since": since})
-        if found is None:
-            return 0, 0
-        return int(found["succeeded"]), int(found["rejected"])
+        return [(row["decided_at"], bool(row["succeeded"])) for row in found]
 
 
 _AUTO_APPROVE = Prepared(requests.update().where(
@@ -167,28 +180,33 @@ async def auto_approve_request(
     return row
 
 
+LATEST_ENTRIES = {
+    by: Prepared(sa.select(knowledge).where(
+        knowledge.c[by] == sa.bindparam("key", type_=sa.Text()))
+        .order_by(knowledge.c.created_at.desc(), knowledge.c.id.desc()).limit(PRECEDENTS))
+    for by in ("fingerprint", "service")
+}
+
+
 async def precedents_of(
     conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
 ) -> dict[uuid.UUID, list[Row]]:
     """Up to ``PRECEDENTS`` knowledge entries for each request: its fingerprint's, newest
     first, else its service's; none for a request with neither. One read per key."""
-    found: dict[tuple[str, str], list[Row]] = {}
+    found: dict[tuple[str, str], Sequence[Row]] = {}
     out: dict[uuid.UUID, list[Row]] = {}
     for row in rows:
-        entries: list[Row] = []
+        entries: Sequence[Row] = []
         for by in ("fingerprint", "service"):
             key = row.get(by)
             if key is None:
                 continue
             if (by, key) not in found:
-                found[(by, key)] = list((await conn.execute(
-                    sa.select(knowledge).where(knowledge.c[by] == key)
-                    .order_by(knowledge.c.created_at.desc(), knowledge.c.id.desc())
-                    .limit(PRECEDENTS))).mappings().all())
+                found[(by, key)] = await LATEST_ENTRIES[by].rows(conn, {"key": key})
             entries = found[(by, key)]
             if entries:
                 break
-        out[row["id"]] = entries
+        out[row["id"]] = list(entries)
     return out
 
 
