@@ -9,12 +9,13 @@ well-formed is refused whole (422) before anything is written.
 
 from __future__ import annotations
 
+from itertools import groupby
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from signoff import errors, store
-from signoff.lifecycle import Principal, ResolutionType, Role, Severity
+from signoff.lifecycle import Principal, Role, Severity
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.schemas import MAX_TEXT, Name, Storable
@@ -84,21 +85,21 @@ class IntakeOperations:
 
         async def work(conn: Any, now: Any) -> dict[str, int]:
             counts = dict.fromkeys(("opened", "joined", "resolved", "ignored"), 0)
-            for alert in body.alerts:
-                if alert.status == "firing":
-                    _, created = await store.create_incident(
-                        conn, now, actor=who.name, data=incident_of(alert, settings))
-                    counts["opened" if created else "joined"] += 1
-                    continue
-                try:
-                    iid = await store.open_incident_id(conn, alert.fingerprint)
-                except errors.IncidentNotFound:
-                    counts["ignored"] += 1
-                    continue
-                await store.resolve_incident(
-                    conn, now, iid, actor=who.name, resolution_type=ResolutionType.ALERT_RESOLVED,
-                    note="the alert resolved")
-                counts["resolved"] += 1
+            # In order, a run of alerts of one status at a time, each run in a few
+            # statements: the same fingerprint may fire, resolve and fire again.
+            for status, run in groupby(body.alerts, key=lambda a: a.status):
+                alerts = list(run)
+                if status == "firing":
+                    opened, joined = await store.open_alert_incidents(
+                        conn, now, actor=who.name,
+                        alerts=[incident_of(a, settings) for a in alerts])
+                    counts["opened"] += opened
+                    counts["joined"] += joined
+                else:
+                    resolved, ignored = await store.resolve_alert_incidents(
+                        conn, now, actor=who.name, fingerprints=[a.fingerprint for a in alerts])
+                    counts["resolved"] += resolved
+                    counts["ignored"] += ignored
             return counts
 
         counts = await self._write(work)

@@ -120,12 +120,11 @@ class PolicyOperations:
         m = self.metrics
         m.policy_decisions.labels(decision=verdict.decision, rule=verdict.rule or "").inc()
         for e in verdict.evaluations:
-            m.policy_evaluations.labels(rule=e.rule, mode=e.mode,
-                                        holds="true" if e.holds else "false").inc()
+            m.policy_evaluations[(e.rule, e.mode, "true" if e.holds else "false")] += 1
             for code in e.codes:
-                m.policy_reasons.labels(rule=e.rule, reason=code).inc()
+                m.policy_reasons[(e.rule, code)] += 1
         log.info("policy_evaluated", request_id=request_id, decision=verdict.decision,
-                 rule=verdict.rule, held=[e.rule for e in verdict.evaluations if e.holds])
+                 rule=verdict.rule, held=sum(e.holds for e in verdict.evaluations))
 
     # -- operations ---------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ policy of many rules costs queries only for the rules that could approve.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -138,10 +139,12 @@ def check_request(rule: Rule, facts: Facts, zone_name: str) -> Evaluation:
 @dataclass
 class History:
     """What the rules that may still hold need from the database, read in a few
-    statements for all of them: their auto-approvals, and people's decisions."""
+    statements for all of them: their auto-approvals, and people's decisions (each list
+    sorted by time, so that a rule's window is two bisections)."""
 
     approvals: dict[str, list[datetime]] = field(default_factory=dict)
-    decisions: dict[str, list[tuple[datetime, bool]]] = field(default_factory=dict)
+    decisions: dict[str, tuple[list[datetime], list[int], list[int]]] = field(
+        default_factory=dict)
 
     @classmethod
     async def read(cls, rules: list[Rule], facts: Facts, lookups: Lookups) -> History:
@@ -153,22 +156,37 @@ class History:
                                                  since)
             for rule, at in found:
                 out.approvals.setdefault(rule, []).append(at)
+            for times in out.approvals.values():
+                times.sort()
         for by in ("fingerprint", "service"):
             windows = [r.precedent.within for r in rules
                        if r.precedent is not None and r.precedent.by == by]
             key = facts.fingerprint if by == "fingerprint" else facts.service
             if windows and key is not None:
-                out.decisions[by] = await lookups.decisions(
-                    by, key, facts.action.strip().casefold(), facts.now - max(windows))
+                rows = sorted(await lookups.decisions(
+                    by, key, facts.action.strip().casefold(), facts.now - max(windows)))
+                # Counts from the newest backwards: succeeded[i], rejected[i] are those
+                # of rows[i:].
+                succeeded, rejected = [0] * (len(rows) + 1), [0] * (len(rows) + 1)
+                for i in range(len(rows) - 1, -1, -1):
+                    succeeded[i] = succeeded[i + 1] + rows[i][1]
+                    rejected[i] = rejected[i + 1] + (not rows[i][1])
+                out.decisions[by] = ([at for at, _ in rows], succeeded, rejected)
         return out
+
+    def since(self, by: str, since: datetime) -> tuple[int, int]:
+        """People's (succeeded approvals, rejections) after ``since``."""
+        times, succeeded, rejected = self.decisions.get(by, ([], [0], [0]))
+        i = bisect_right(times, since)
+        return succeeded[i], rejected[i]
 
 
 def check_history(rule: Rule, facts: Facts, out: Evaluation, history: History) -> None:
     """A rule's ``limit`` and ``precedent``, from what ``History`` read."""
     now = facts.now
     if rule.limit is not None:
-        since = now - rule.limit.per
-        done = sum(at > since for at in history.approvals.get(rule.name, []))
+        times = history.approvals.get(rule.name, [])
+        done = len(times) - bisect_right(times, now - rule.limit.per)
         if done >= rule.limit.count:
             where = f"service {facts.service}" if facts.service else "requests with no service"
             out.fail("limit", f"limit reached: {done} auto-approvals by this rule for {where} "
@@ -179,10 +197,7 @@ def check_history(rule: Rule, facts: Facts, out: Evaluation, history: History) -
         if key is None:
             out.fail("precedent", f"precedent is by {p.by}, and the request has none")
             return
-        since = now - p.within
-        recent = [ok for at, ok in history.decisions.get(p.by, []) if at > since]
-        rejected = recent.count(False)
-        succeeded = recent.count(True)
+        succeeded, rejected = history.since(p.by, now - p.within)
         if rejected:
             out.fail("precedent", f"a person rejected this action for {p.by} {key} in the "
                      f"last {_days(p.within)} ({rejected} rejection(s))")

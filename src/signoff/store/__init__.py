@@ -6,6 +6,7 @@ One module a concept, each using only the ones above it in this list:
 ``rows``       audit events, batched inserts, ``IN`` lists, the definition of a live request
 ``tokens``     API tokens, stored hashed
 ``incidents``  incidents, their closing, and the knowledge entries closing writes
+``alerts``     incidents opened and resolved by alerts, many at once
 ``requests``   approval requests and their transitions (approve, reject, cancel, outcome)
 ``expiry``     the resolver's claims and the reads that plan its next pass
 ``policy``     the policy's kill switch, lookups and approvals, and precedents
@@ -14,6 +15,7 @@ Callers use the names gathered here (``store.approve_request``), not the modules
 """
 
 from signoff.lifecycle import Principal
+from signoff.store.alerts import open_alert_incidents, resolve_alert_incidents
 from signoff.store.expiry import (
     ExpiryBatch,
     count_due_requests,
@@ -89,6 +91,7 @@ __all__ = [
     "lock_incident",
     "next_deadline",
     "notify_ended",
+    "open_alert_incidents",
     "open_incident_id",
     "pause_policy",
     "pending_overview",
@@ -96,6 +99,7 @@ __all__ = [
     "record_events",
     "reject_request",
     "report_outcome",
+    "resolve_alert_incidents",
     "resolve_incident",
     "resume_policy",
     "settle_request",
