@@ -96,8 +96,7 @@ class PolicyOperations:
             approvers=tuple(body.approvers or ()),
             placeholder=self.settings.is_placeholder(body.action),
         )
-        paused = await store.current_pause(conn) is not None
-        return await evaluate(policy, facts, store.PolicyLookups(conn), paused=paused,
+        return await evaluate(policy, facts, store.PolicyLookups(conn),
                               zone_name=self.settings.display_tz)
 
     async def incident_for(

@@ -181,10 +181,10 @@ requests = sa.Table(
         postgresql_where=sa.text(HUMAN_DECIDED),
         sqlite_where=sa.text(HUMAN_DECIDED),
     ),
-    # A policy rule's limit: its auto-approvals in the trailing window.
+    # A policy rule's limit: the policy's approvals for a service in the trailing window.
     sa.Index(
-        "ix_approval_requests_auto_decided",
-        "decided_by",
+        "ix_approval_requests_auto_service",
+        "service",
         "decided_at",
         postgresql_where=sa.text(AUTO_DECIDED),
         sqlite_where=sa.text(AUTO_DECIDED),

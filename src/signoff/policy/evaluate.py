@@ -34,19 +34,27 @@ class Facts:
     placeholder: bool = False
 
 
-class Lookups(Protocol):
-    async def auto_approvals(
-        self, rules: list[str], service: str | None, since: datetime
-    ) -> list[tuple[str, datetime]]:
-        """(rule, decided_at) of each request these rules approved for ``service``
-        since ``since``."""
+@dataclass(frozen=True)
+class HistoryQuery:
+    """What the rules that may still hold need from the database: the auto-approvals of
+    ``limited`` rules for ``service`` since ``limited_since``, and people's decisions on
+    ``action`` (folded) for each ``(by, key, since)`` of ``decided``."""
 
-    async def decisions(
-        self, by: str, key: str, action: str, since: datetime
-    ) -> list[tuple[datetime, bool]]:
-        """(decided_at, approved and reported succeeded) of each request with this action
-        (folded) for this fingerprint or service that people decided since ``since``;
-        ``False`` for a rejection, and approvals without a reported success are left out."""
+    action: str
+    service: str | None
+    limited: tuple[str, ...]
+    limited_since: datetime | None
+    decided: tuple[tuple[str, str, datetime], ...]
+
+
+class Lookups(Protocol):
+    async def history(
+        self, query: HistoryQuery
+    ) -> tuple[bool, list[tuple[str, str, datetime, bool]]]:
+        """Whether the policy is paused, and rows ``(kind, name, at, ok)``: kind
+        ``limit`` with the rule's name for each of its auto-approvals, or kind
+        ``fingerprint``/``service`` for each decision by people (``ok``: approved and
+        reported succeeded; false: rejected)."""
 
 
 @dataclass
@@ -147,32 +155,41 @@ class History:
         default_factory=dict)
 
     @classmethod
-    async def read(cls, rules: list[Rule], facts: Facts, lookups: Lookups) -> History:
-        out = cls()
+    async def read(
+        cls, rules: list[Rule], facts: Facts, lookups: Lookups
+    ) -> tuple[bool, History]:
+        """Whether the policy is paused, and the history: two statements at most."""
         limited = [r for r in rules if r.limit is not None]
-        if limited:
-            since = facts.now - max(r.limit.per for r in limited if r.limit is not None)
-            found = await lookups.auto_approvals([r.name for r in limited], facts.service,
-                                                 since)
-            for rule, at in found:
-                out.approvals.setdefault(rule, []).append(at)
-            for times in out.approvals.values():
-                times.sort()
+        decided = []
         for by in ("fingerprint", "service"):
             windows = [r.precedent.within for r in rules
                        if r.precedent is not None and r.precedent.by == by]
             key = facts.fingerprint if by == "fingerprint" else facts.service
             if windows and key is not None:
-                rows = sorted(await lookups.decisions(
-                    by, key, facts.action.strip().casefold(), facts.now - max(windows)))
-                # Counts from the newest backwards: succeeded[i], rejected[i] are those
-                # of rows[i:].
-                succeeded, rejected = [0] * (len(rows) + 1), [0] * (len(rows) + 1)
-                for i in range(len(rows) - 1, -1, -1):
-                    succeeded[i] = succeeded[i + 1] + rows[i][1]
-                    rejected[i] = rejected[i + 1] + (not rows[i][1])
-                out.decisions[by] = ([at for at, _ in rows], succeeded, rejected)
-        return out
+                decided.append((by, key, facts.now - max(windows)))
+        query = HistoryQuery(
+            action=facts.action.strip().casefold(), service=facts.service,
+            limited=tuple(r.name for r in limited),
+            limited_since=facts.now - max(r.limit.per for r in limited if r.limit is not None)
+            if limited else None,
+            decided=tuple(decided))
+        paused, rows = await lookups.history(query)
+        out = cls()
+        found: dict[str, list[tuple[datetime, bool]]] = {}
+        for kind, name, at, ok in sorted(rows, key=lambda row: row[2]):
+            if kind == "limit":
+                out.approvals.setdefault(name, []).append(at)
+            else:
+                found.setdefault(kind, []).append((at, ok))
+        for by, decisions in found.items():
+            # Counts from the newest backwards: succeeded[i], rejected[i] are those of
+            # decisions[i:].
+            succeeded, rejected = [0] * (len(decisions) + 1), [0] * (len(decisions) + 1)
+            for i in range(len(decisions) - 1, -1, -1):
+                succeeded[i] = succeeded[i + 1] + decisions[i][1]
+                rejected[i] = rejected[i + 1] + (not decisions[i][1])
+            out.decisions[by] = ([at for at, _ in decisions], succeeded, rejected)
+        return paused, out
 
     def since(self, by: str, since: datetime) -> tuple[int, int]:
         """People's (succeeded approvals, rejections) after ``since``."""
@@ -207,15 +224,16 @@ def check_history(rule: Rule, facts: Facts, out: Evaluation, history: History) -
                      f"{_days(p.within)}")
 
 
-async def evaluate(
-    policy: Policy, facts: Facts, lookups: Lookups, *, paused: bool, zone_name: str
-) -> Verdict:
+async def evaluate(policy: Policy, facts: Facts, lookups: Lookups, *, zone_name: str
+                   ) -> Verdict:
     """Every rule, in file order; the first ``enforce`` rule that holds approves (unless
-    the policy is paused: then the decision is ``paused`` and people decide)."""
+    the policy is paused: then the decision is ``paused`` and people decide). Without a
+    rule that holds on the request itself, the database is not read at all."""
     evaluations = [check_request(rule, facts, zone_name) for rule in policy.rules]
     open_rules = [r for r, e in zip(policy.rules, evaluations, strict=True) if e.holds]
+    paused = False
     if open_rules:
-        history = await History.read(open_rules, facts, lookups)
+        paused, history = await History.read(open_rules, facts, lookups)
         for rule, out in zip(policy.rules, evaluations, strict=True):
             if out.holds:
                 check_history(rule, facts, out, history)

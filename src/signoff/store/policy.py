@@ -8,17 +8,18 @@ The precedent and limit reads are range scans of partial indexes on ``approval_r
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors
 from signoff.lifecycle import POLICY_ACTOR_PREFIX, Disposition, EventKind, RequestStatus
+from signoff.policy.evaluate import HistoryQuery
 from signoff.store.prepared import Prepared
 from signoff.store.rows import PENDING, Row, record_events
 from signoff.tables import incidents, knowledge, policy_pauses, requests
@@ -82,43 +83,57 @@ _HUMAN = requests.c.disposition.in_([sa.literal_column("'human_approved'"),
                                      sa.literal_column("'human_rejected'")])
 
 
-def _decisions_statement(column: Any) -> Prepared:
+_AUTO = requests.c.disposition == sa.literal_column("'auto_repair'")
+
+
+def _decisions(column: Any, kind: str, n: int) -> Any:
     """People's decisions on an action for a fingerprint (or service): a range of the
     partial index of people's decisions."""
     approved = sa.and_(requests.c.disposition == sa.literal_column("'human_approved'"),
                        requests.c.outcome_succeeded.is_(True))
-    return Prepared(sa.select(requests.c.decided_at, approved.label("succeeded")).where(
-        column == sa.bindparam("key", type_=sa.Text()), _HUMAN,
-        requests.c.decided_at > sa.bindparam("since", type_=requests.c.decided_at.type),
+    return sa.select(
+        sa.literal_column(f"'{kind}'").label("kind"), sa.null().label("name"),
+        requests.c.decided_at.label("at"), approved.label("ok"),
+    ).where(
+        column == sa.bindparam(f"key{n}", type_=sa.Text()), _HUMAN,
+        requests.c.decided_at > sa.bindparam(f"since{n}", type_=requests.c.decided_at.type),
         sa.func.lower(requests.c.action) == sa.bindparam("action", type_=sa.Text()),
         sa.or_(requests.c.disposition == sa.literal_column("'human_rejected'"), approved),
-    ))
+    )
 
 
-DECISIONS = {"fingerprint": _decisions_statement(requests.c.fingerprint),
-             "service": _decisions_statement(requests.c.service)}
-_AUTO = requests.c.disposition == sa.literal_column("'auto_repair'")
-AUTO_APPROVALS = {
-    present: Prepared(sa.select(requests.c.decided_by, requests.c.decided_at).where(
-        requests.c.decided_by.in_(sa.bindparam("actors", expanding=True)), _AUTO,
-        requests.c.decided_at > sa.bindparam("since", type_=requests.c.decided_at.type),
-        requests.c.service == sa.bindparam("service", type_=sa.Text()) if present
+def _limited(service: bool) -> Any:
+    """The policy's approvals for a service: a range of the policy's approvals index
+    (few: each rule's limit bounds them), sorted out by rule here."""
+    return sa.select(
+        sa.literal_column("'limit'").label("kind"), requests.c.decided_by.label("name"),
+        requests.c.decided_at.label("at"), sa.null().label("ok"),
+    ).where(
+        requests.c.service == sa.bindparam("service", type_=sa.Text()) if service
         else requests.c.service.is_(None),
-    ))
-    for present in (True, False)
-}
-AUTO_APPROVALS_PG = {
-    present: Prepared(sa.select(requests.c.decided_by, requests.c.decided_at).where(
-        requests.c.decided_by == sa.any_(sa.bindparam("actors", type_=postgresql.ARRAY(
-            sa.Text()))), _AUTO,
-        requests.c.decided_at > sa.bindparam("since", type_=requests.c.decided_at.type),
-        requests.c.service == sa.bindparam("service", type_=sa.Text()) if present
-        else requests.c.service.is_(None),
-    ))
-    for present in (True, False)
-}
-LIMIT_LOCK = Prepared(sa.select(sa.func.pg_advisory_xact_lock(
-    sa.func.hashtextextended(sa.bindparam("key", type_=sa.Text()), 0))))
+        _AUTO,
+        requests.c.decided_at > sa.bindparam("limited_since", type_=requests.c.decided_at.type),
+    )
+
+
+@functools.cache
+def history_statement(limited: bool, service: bool, decided: tuple[str, ...]) -> Prepared:
+    """All the history one create's policy needs, one statement (built once per shape)."""
+    column = {"fingerprint": requests.c.fingerprint, "service": requests.c.service}
+    parts = [_limited(service)] if limited else []
+    parts += [_decisions(column[by], by, n) for n, by in enumerate(decided)]
+    return Prepared(parts[0] if len(parts) == 1 else sa.union_all(*parts))
+
+
+_OPEN_PAUSE = sa.exists().where(policy_pauses.c.open.is_(True))
+PAUSED = Prepared(sa.select(_OPEN_PAUSE.label("paused")))
+# Two creates at once must not both take the last place under a limit: they count one
+# after the other (SQLite's writers take turns anyway).
+PAUSED_AND_LOCKED = Prepared(sa.select(
+    _OPEN_PAUSE.label("paused"),
+    sa.func.pg_advisory_xact_lock(
+        sa.func.hashtextextended(sa.bindparam("key", type_=sa.Text()), 0)).label("locked"),
+))
 
 
 class PolicyLookups:
@@ -127,27 +142,32 @@ class PolicyLookups:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def auto_approvals(
-        self, rules: list[str], service: str | None, since: datetime
-    ) -> list[tuple[str, datetime]]:
-        actors = [POLICY_ACTOR_PREFIX + rule for rule in rules]
-        params = {"actors": actors, "service": service, "since": since}
-        if self.conn.dialect.name == "postgresql":
-            # Two creates at once must not both take the last place under a limit: they
-            # count one after the other (SQLite's writers take turns anyway).
-            await LIMIT_LOCK.rows(self.conn, {"key": f"signoff-limit|{service!r}"})
-            found = await AUTO_APPROVALS_PG[service is not None].rows(self.conn, params)
+    async def history(
+        self, query: HistoryQuery
+    ) -> tuple[bool, list[tuple[str, str, datetime, bool]]]:
+        postgres = self.conn.dialect.name == "postgresql"
+        if postgres and query.limited:
+            state = await PAUSED_AND_LOCKED.first(
+                self.conn, {"key": f"signoff-limit|{query.service!r}"})
         else:
-            found = await AUTO_APPROVALS[service is not None].rows(self.conn, params)
+            state = await PAUSED.first(self.conn, {})
+        paused = bool(state and state["paused"])
+        if not query.limited and not query.decided:
+            return paused, []
+        params: dict[str, Any] = {"action": query.action, "service": query.service,
+                                  "limited_since": query.limited_since}
+        for n, (_, key, since) in enumerate(query.decided):
+            params[f"key{n}"], params[f"since{n}"] = key, since
+        statement = history_statement(bool(query.limited), query.service is not None,
+                                      tuple(by for by, _, _ in query.decided))
         cut = len(POLICY_ACTOR_PREFIX)
-        return [(row["decided_by"][cut:], row["decided_at"]) for row in found]
-
-    async def decisions(
-        self, by: str, key: str, action: str, since: datetime
-    ) -> list[tuple[datetime, bool]]:
-        found = await DECISIONS[by].rows(
-            self.conn, {"key": key, "action": action, "since": since})
-        return [(row["decided_at"], bool(row["succeeded"])) for row in found]
+        out = []
+        for row in await statement.rows(self.conn, params):
+            if row["kind"] != "limit":
+                out.append((row["kind"], row["kind"], row["at"], bool(row["ok"])))
+            elif row["name"][cut:] in query.limited:
+                out.append(("limit", row["name"][cut:], row["at"], False))
+        return paused, out
 
 
 _AUTO_APPROVE = Prepared(requests.update().where(

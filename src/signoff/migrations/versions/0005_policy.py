@@ -6,8 +6,8 @@ Create Date: 2026-12-07 03:30:00.000000
 
 A request keeps its incident's fingerprint and service (copied at create: an incident's
 never change), so that precedent (people's decisions by fingerprint or service) and a
-rule's limit (its auto-approvals in a trailing window) are index range scans with no
-join. Existing requests get theirs from their incidents.
+rule's limit (the policy's approvals for a service in a trailing window) are index range
+scans with no join. Existing requests get theirs from their incidents.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def upgrade() -> None:
             unique=False, postgresql_where=HUMAN_DECIDED, sqlite_where=HUMAN_DECIDED,
         )
         batch_op.create_index(
-            "ix_approval_requests_auto_decided", ["decided_by", "decided_at"],
+            "ix_approval_requests_auto_service", ["service", "decided_at"],
             unique=False, postgresql_where=AUTO_DECIDED, sqlite_where=AUTO_DECIDED,
         )
     op.create_table(
@@ -71,7 +71,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("policy_pauses")
     with op.batch_alter_table("approval_requests", schema=None) as batch_op:
-        batch_op.drop_index("ix_approval_requests_auto_decided")
+        batch_op.drop_index("ix_approval_requests_auto_service")
         batch_op.drop_index("ix_approval_requests_human_service")
         batch_op.drop_index("ix_approval_requests_human_fingerprint")
         batch_op.drop_column("policy")
