@@ -136,7 +136,8 @@ requests = sa.Table(
     sa.Column("fingerprint", sa.Text(), nullable=True),
     sa.Column("service", sa.Text(), nullable=True),
     # The policy's evaluation at create (NULL without a policy file).
-    sa.Column("policy", JSONType, nullable=True),
+    # json, not jsonb: written on every create, read back whole, never queried inside.
+    sa.Column("policy", sa.JSON(), nullable=True),
     sa.CheckConstraint("required_approvals >= 1", name="required_approvals_positive"),
     # The resolver's only read path: pending requests by deadline.
     sa.Index(

@@ -30,7 +30,7 @@ def upgrade() -> None:
     with op.batch_alter_table("approval_requests", schema=None) as batch_op:
         batch_op.add_column(sa.Column("fingerprint", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("service", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("policy", JSON, nullable=True))
+        batch_op.add_column(sa.Column("policy", sa.JSON(), nullable=True))
     op.execute(
         "UPDATE approval_requests SET "
         "fingerprint = (SELECT i.fingerprint FROM incidents i "
