@@ -98,8 +98,10 @@ def _days(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
-def check_request(rule: Rule, facts: Facts, zone_name: str) -> Evaluation:
-    """The conditions that need no database, each failed one a reason."""
+def check_request(rule: Rule, facts: Facts, zone_name: str, folded: str | None = None
+                  ) -> Evaluation:
+    """The conditions that need no database, each failed one a reason (``folded``: the
+    action trimmed and case-folded, when the caller has it)."""
     out = Evaluation(rule.name, rule.mode, True)
     if facts.placeholder:
         out.fail("placeholder", "the action is a placeholder (it needs analysis): "
@@ -109,7 +111,7 @@ def check_request(rule: Rule, facts: Facts, zone_name: str) -> Evaluation:
                  if facts.required_approvals > 1 else "named approvers")
         out.fail("asks_for_people", f"the request asks for people ({asked}): never "
                  "approved automatically")
-    if not rule.matches_action(facts.action):
+    if not rule.matches_folded(folded or facts.action.strip().casefold()):
         out.fail("actions", f"action {facts.action!r} matches none of actions "
                  f"{_listed(rule.actions)}")
     if rule.requesters is not None and facts.requested_by not in rule.requesters:
@@ -229,7 +231,8 @@ async def evaluate(policy: Policy, facts: Facts, lookups: Lookups, *, zone_name:
     """Every rule, in file order; the first ``enforce`` rule that holds approves (unless
     the policy is paused: then the decision is ``paused`` and people decide). Without a
     rule that holds on the request itself, the database is not read at all."""
-    evaluations = [check_request(rule, facts, zone_name) for rule in policy.rules]
+    folded = facts.action.strip().casefold()
+    evaluations = [check_request(rule, facts, zone_name, folded) for rule in policy.rules]
     open_rules = [r for r, e in zip(policy.rules, evaluations, strict=True) if e.holds]
     paused = False
     if open_rules:

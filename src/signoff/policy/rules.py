@@ -129,12 +129,16 @@ class Rule(Strict):
         return None if value is None else parse_hours(value).text
 
     @property
-    def patterns(self) -> list[re.Pattern[str]]:
-        return _patterns(tuple(self.actions))
+    def pattern(self) -> re.Pattern[str]:
+        """The rule's globs as one case-folded regular expression."""
+        return _pattern(tuple(self.actions))
 
     def matches_action(self, action: str) -> bool:
-        folded = action.strip().casefold()
-        return any(p.match(folded) for p in self.patterns)
+        return self.matches_folded(action.strip().casefold())
+
+    def matches_folded(self, folded: str) -> bool:
+        """``matches_action`` for an action already trimmed and case-folded."""
+        return self.pattern.match(folded) is not None
 
     @property
     def window(self) -> Hours | None:
@@ -145,15 +149,16 @@ class Rule(Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-_PATTERN_CACHE: dict[tuple[str, ...], list[re.Pattern[str]]] = {}
+_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
 
 
-def _patterns(globs: tuple[str, ...]) -> list[re.Pattern[str]]:
-    found = _PATTERN_CACHE.get(globs)
+def _pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
+    found = _PATTERNS.get(globs)
     if found is None:
-        found = [re.compile(fnmatch.translate(g.strip().casefold())) for g in globs]
-        if len(_PATTERN_CACHE) < 10_000:
-            _PATTERN_CACHE[globs] = found
+        found = re.compile("|".join(
+            f"(?:{fnmatch.translate(g.strip().casefold())})" for g in globs))
+        if len(_PATTERNS) < 10_000:
+            _PATTERNS[globs] = found
     return found
 
 
