@@ -2,7 +2,7 @@
 database? And how long does an Alertmanager payload of 1,000 alerts take?
 
     python bench/policy.py --database-url postgresql://postgres@127.0.0.1:5432/postgres \
-        [--n 1000000] [--creates 2000]
+        [--n 1000000] [--creates 2000] 2>/dev/null
 
 Creates a scratch database beside the given one (dropped at the end) and loads N ended
 requests with their resolved incidents and N knowledge entries (set-based SQL with
@@ -17,7 +17,8 @@ windows of 1 to 100 days) and actions that match, so that every rule needs its h
 The rules are in shadow mode: each create is evaluated in full and changes nothing else.
 It prints p50 and p99 of each, what the policy adds, and their ratio; then the time to
 take 1,000 firing alerts, and 1,000 resolved ones, in one transaction each. The last
-line printed is one JSON object.
+line printed is one JSON object. The service logs JSON lines at ``--log-level`` (default
+info, as in production) on stderr.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import asyncpg
 from signoff.db import Database
 from signoff.intake import AlertmanagerIn
 from signoff.lifecycle import Principal, Role
+from signoff.logs import configure_logging
 from signoff.metrics import Metrics
 from signoff.migrate import upgrade
 from signoff.policy import PolicyHolder
@@ -226,7 +228,10 @@ def main() -> None:
     parser.add_argument("--creates", type=int, default=2000,
                         help="creates measured with the policy, and as many without")
     parser.add_argument("--rules", type=int, default=100, help="rules in the policy")
+    parser.add_argument("--log-level", default="info",
+                        help="the service's log level (JSON lines on stderr, as in production)")
     args = parser.parse_args()
+    configure_logging(args.log_level, "json")
     url = "postgresql://" + args.database_url.split("://", 1)[1]
     print(json.dumps(asyncio.run(run(url, args.n, args.creates, args.rules))))
 

@@ -37,6 +37,7 @@ from signoff.metrics import Metrics
 from signoff.notify.outbox import ADDED_KEY as OUTBOX_ADDED
 from signoff.notify.reminders import first_reminder
 from signoff.policy import APPROVED, PolicyHolder
+from signoff.policy.record import encode_record
 from signoff.schemas import (
     DecisionIn,
     IncidentIn,
@@ -254,7 +255,7 @@ class Service(PolicyOperations, IntakeOperations, ReadOperations):
                 **body.model_dump(), "incident_id": incident and incident["id"],
                 "needs_analysis": settings.is_placeholder(body.action),
                 "next_reminder_at": first_reminder(now, expires_at, settings.reminders),
-                "policy": verdict[0] and verdict[0].as_json(),
+                "policy": verdict[0] and encode_record(verdict[0].as_json()),
             }
             row, created = await store.create_request(
                 conn, now, actor=who.name, data=data, expires_at=expires_at,

@@ -135,9 +135,9 @@ requests = sa.Table(
     # policy's limits read them without a join.
     sa.Column("fingerprint", sa.Text(), nullable=True),
     sa.Column("service", sa.Text(), nullable=True),
-    # The policy's evaluation at create (NULL without a policy file).
-    # json, not jsonb: written on every create, read back whole, never queried inside.
-    sa.Column("policy", sa.JSON(), nullable=True),
+    # The policy's evaluation at create (NULL without a policy file): compressed JSON
+    # (``signoff.policy.record``), written on every create, read back whole.
+    sa.Column("policy", sa.LargeBinary(), nullable=True),
     sa.CheckConstraint("required_approvals >= 1", name="required_approvals_positive"),
     # The resolver's only read path: pending requests by deadline.
     sa.Index(

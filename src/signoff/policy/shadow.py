@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from signoff.policy.record import decode_record
 from signoff.policy.rules import Policy
 
 HUMAN_APPROVED, HUMAN_REJECTED = "human_approved", "human_rejected"
@@ -42,12 +43,12 @@ class Figures:
 
 
 def shadow_figures(policy: Policy | None, ended: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """``ended``: rows with id, action, disposition and policy (the evaluation at create),
-    oldest first. Rules are those of the current policy, in file order."""
+    """``ended``: rows with id, action, disposition and policy (the evaluation at create,
+    as stored), oldest first. Rules are those of the current policy, in file order."""
     rules = [] if policy is None else list(policy.rules)
     figures = {r.name: Figures(r.name, r.mode) for r in rules}
     for row in ended:
-        evaluation = row["policy"]
+        evaluation = decode_record(row["policy"])
         if not evaluation:
             continue
         held = {e["rule"]: bool(e["holds"]) for e in evaluation.get("evaluations", [])}

@@ -72,7 +72,7 @@ async def create_request(
         "fingerprint": None if incident is None else incident["fingerprint"],
         "service": None if incident is None else incident["service"],
     }
-    if data.get("policy") is not None:  # absent, not JSON null: SQL NULL without a policy
+    if data.get("policy") is not None:  # the policy's evaluation, as stored
         values["policy"] = data["policy"]
     row = await _insert_and_wake(conn, values, idempotent=idempotency_key is not None)
     if row is None:  # a concurrent create with the same key won the insert

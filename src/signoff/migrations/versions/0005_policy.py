@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision = "0005"
 down_revision = "0004"
@@ -23,14 +22,13 @@ depends_on = None
 
 HUMAN_DECIDED = sa.text("disposition IN ('human_approved', 'human_rejected')")
 AUTO_DECIDED = sa.text("disposition = 'auto_repair'")
-JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 
 def upgrade() -> None:
     with op.batch_alter_table("approval_requests", schema=None) as batch_op:
         batch_op.add_column(sa.Column("fingerprint", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("service", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("policy", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("policy", sa.LargeBinary(), nullable=True))
     op.execute(
         "UPDATE approval_requests SET "
         "fingerprint = (SELECT i.fingerprint FROM incidents i "
