@@ -312,7 +312,7 @@ async def pause_policy(request: Request) -> dict[str, Any]:
 
 
 @router.post("/policy/resume", tags=["policy"], **documented(
-    PolicyState, 401, 403, 409, 503, said="The policy, running again.",
+    PolicyState, 401, 403, 409, 413, 503, said="The policy, running again.",
     notes={409: "The policy is not paused."}))
 async def resume_policy(request: Request) -> dict[str, Any]:
     """Let the policy approve again (admin); audited."""

@@ -37,6 +37,13 @@ REJECT = "/api/v1/approvals/{request_id}/reject"
 CANCEL = "/api/v1/approvals/{request_id}/cancel"
 OUTCOME = "/api/v1/approvals/{request_id}/outcome"
 WEBHOOK = "/api/v1/telegram/webhook"
+POLICY = "/api/v1/policy"
+PAUSE = "/api/v1/policy/pause"
+RESUME = "/api/v1/policy/resume"
+SHADOW = "/api/v1/policy/shadow"
+ALERTS = "/api/v1/alertmanager"
+FIRING = {"version": "4", "alerts": [{"status": "firing", "labels": {"alertname": "A"},
+                                       "fingerprint": "am-1"}]}
 
 
 @pytest.fixture
@@ -118,6 +125,10 @@ def drive(call: Caller) -> None:
     call(None, "GET", "/metrics", 200)
     call(None, "POST", WEBHOOK, 200, json={"update_id": 1},
          headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+    call("viewer", "GET", POLICY, 200)
+    call("viewer", "GET", SHADOW, 200)
+    call("root", "POST", PAUSE, 200, json={"reason": "bad deploy"})  # resumed below
+    call("bot", "POST", ALERTS, 200, json=FIRING)
 
     refuse(call, iid=iid, pending=pending, approved=approved, rejected=rejected)
 
@@ -131,7 +142,8 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
         ("POST", APPROVE, {"request_id": pending}), ("POST", REJECT, {"request_id": pending}),
         ("POST", CANCEL, {"request_id": pending}), ("POST", OUTCOME, {"request_id": approved}),
         ("GET", "/api/v1/knowledge", {}), ("GET", "/api/v1/stats", {}),
-        ("GET", "/api/v1/watchdog", {}),
+        ("GET", "/api/v1/watchdog", {}), ("GET", POLICY, {}), ("POST", PAUSE, {}),
+        ("POST", RESUME, {}), ("GET", SHADOW, {}), ("POST", ALERTS, {}),
     ]
     # 401: no token (the webhook: no secret).
     for method, template, ids in every:
@@ -146,6 +158,9 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("bot", "POST", REJECT, 403, {"request_id": pending})
     call("viewer", "POST", CANCEL, 403, {"request_id": pending})
     call("viewer", "POST", OUTCOME, 403, {"request_id": approved})
+    call("alice", "POST", PAUSE, 403, json={"reason": "x"})
+    call("bot", "POST", RESUME, 403)
+    call("alice", "POST", ALERTS, 403, json=FIRING)
 
     # 404: nothing has that id.
     deciders = {RESOLVE: "alice", APPROVE: "alice", REJECT: "alice", CANCEL: "bot",
@@ -163,6 +178,9 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("alice", "POST", REJECT, 409, {"request_id": approved})
     call("bot", "POST", CANCEL, 409, {"request_id": rejected})
     call("bot", "POST", OUTCOME, 409, {"request_id": approved}, json={"succeeded": True})
+    call("root", "POST", PAUSE, 409, json={"reason": "again"})
+    call("root", "POST", RESUME, 200)
+    call("root", "POST", RESUME, 409)
 
     # 413: a body over 1 MiB.
     for method, template, ids in every:
@@ -187,6 +205,9 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("bot", "POST", OUTCOME, 422, {"request_id": reported}, json={"succeeded": "yes"})
     call("viewer", "GET", "/api/v1/knowledge", 422, query={"incident_id": "not-a-uuid"})
     call("viewer", "GET", "/api/v1/stats", 422, query={"since": "yesterday"})
+    call("root", "POST", PAUSE, 422, json={"reason": ""})
+    call("viewer", "GET", SHADOW, 422, query={"since": "yesterday"})
+    call("bot", "POST", ALERTS, 422, json={**FIRING, "version": "3"})
     call(None, "POST", WEBHOOK, 422, content=b"{", headers={
         **JSON, "X-Telegram-Bot-Api-Secret-Token": SECRET})
 
