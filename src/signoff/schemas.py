@@ -114,8 +114,15 @@ class RequestIn(Body):
     approvers: Annotated[list[Name], Field(max_length=100)] | None = None
 
 
+def _said(value: str) -> str:
+    if not value.strip():
+        raise ValueError("give a reason: it is kept in the audit trail")
+    return value
+
+
 class PauseIn(Body):
-    reason: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT), Storable]
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT), Storable,
+                      AfterValidator(_said)]
 
 
 class DecisionIn(Body):

@@ -5,6 +5,7 @@ broken file."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -269,7 +270,8 @@ async def test_the_kill_switch_is_obeyed_by_a_second_replica_at_once(
             inc = await incident(one, "fp-1")
             for who, body, status in (("alice", {"reason": "x"}, 403),
                                       ("bot", {"reason": "x"}, 403),
-                                      ("root", {}, 422), ("root", {"reason": ""}, 422)):
+                                      ("root", {}, 422), ("root", {"reason": ""}, 422),
+                                      ("root", {"reason": "  "}, 422)):
                 refused = await one.as_(who).post("/policy/pause", json=body)
                 assert refused.status_code == status, refused.text
             assert (await one.as_("root").post("/policy/resume")).status_code == 409
@@ -358,3 +360,22 @@ async def test_a_request_names_its_incident_by_fingerprint_and_carries_precedent
         # The first request's own incident is resolved now: its entry is a precedent too.
         assert [len(r["precedents"]) for r in listed] == [1, 1, 1]
         assert (await ask(api, "restart web"))["precedents"] == []  # no incident
+
+
+async def test_two_pauses_at_once_one_wins_and_the_other_is_told(
+    db: Database, db_url: str, tmp_path: Path
+) -> None:
+    path = write_policy(tmp_path / "policy.toml", RESTART)
+    other = Database.from_settings(Settings(database_url=db_url))
+    try:
+        tokens = await make_tokens(db)
+        async with policy_api(db, db_url, path, tokens=tokens) as one, \
+                policy_api(other, db_url, path, tokens=tokens) as two:
+            answers = await asyncio.gather(*(
+                api.as_("root").post("/policy/pause", json={"reason": f"from {n}"})
+                for n, api in enumerate((one, two, one, two))))
+            assert sorted(a.status_code for a in answers) == [200, 409, 409, 409]
+            assert all(a.json()["error"]["code"] == "policy_paused"
+                       for a in answers if a.status_code == 409)
+    finally:
+        await other.dispose()

@@ -2,7 +2,7 @@
 policy's approval of a new request, precedents for answers and the rows of shadow figures.
 
 The precedent and limit reads are range scans of partial indexes on ``approval_requests``
-(people's decisions by fingerprint or by service; the policy's approvals by rule), which
+(people's decisions by fingerprint or by service; the policy's approvals by service), which
 ``tests/integration/test_policy_explain.py`` holds to.
 """
 
@@ -21,7 +21,7 @@ from signoff import errors
 from signoff.lifecycle import POLICY_ACTOR_PREFIX, Disposition, EventKind, RequestStatus
 from signoff.policy.evaluate import HistoryQuery
 from signoff.store.prepared import Prepared
-from signoff.store.rows import PENDING, Row, record_events
+from signoff.store.rows import PENDING, Row, dialect_insert, record_events
 from signoff.tables import incidents, knowledge, policy_pauses, requests
 
 PRECEDENTS = 5
@@ -42,9 +42,17 @@ async def pause_policy(conn: AsyncConnection, now: datetime, *, actor: str, reas
             f"the policy is already paused by {found['paused_by']}: {found['reason']}",
             status="paused")
     row = (await conn.execute(
-        policy_pauses.insert().values(paused_by=actor, paused_at=now, reason=reason, open=True)
+        dialect_insert(conn, policy_pauses)
+        .values(paused_by=actor, paused_at=now, reason=reason, open=True)
+        .on_conflict_do_nothing(index_elements=[policy_pauses.c.open])
         .returning(*policy_pauses.c)
-    )).mappings().one()  # a concurrent pause fails the unique ``open``: the caller retries
+    )).mappings().first()
+    if row is None:  # a concurrent pause committed first (the unique ``open``)
+        won = await current_pause(conn)
+        raise errors.PolicyAlreadyPaused(
+            "the policy was just paused by "
+            + ("someone else" if won is None else f"{won['paused_by']}: {won['reason']}"),
+            status="paused")
     await record_events(conn, [{"at": now, "kind": EventKind.POLICY_PAUSED, "actor": actor,
                                 "detail": {"reason": reason}}])
     return row
