@@ -251,11 +251,12 @@ class Service(PolicyOperations, IntakeOperations, ReadOperations):
             if body.callback_url is not None:  # by its text: no DNS while creating
                 self.callbacks.check_url(body.callback_url)
             verdict[:] = [await self.judge_request(conn, now, who, body, incident)]
+            record = verdict[0] and verdict[0].as_json()
             data = {
                 **body.model_dump(), "incident_id": incident and incident["id"],
                 "needs_analysis": settings.is_placeholder(body.action),
                 "next_reminder_at": first_reminder(now, expires_at, settings.reminders),
-                "policy": verdict[0] and encode_record(verdict[0].as_json()),
+                "policy": record and encode_record(record),
             }
             row, created = await store.create_request(
                 conn, now, actor=who.name, data=data, expires_at=expires_at,
@@ -265,7 +266,11 @@ class Service(PolicyOperations, IntakeOperations, ReadOperations):
                 row = await store.auto_approve_request(conn, now, row["id"],
                                                        rule=str(verdict[0].rule))
             verdict[:] = verdict if created else []
-            return await _request_out(conn, now, row), created, expires_at
+            if not created or record is None:
+                return await _request_out(conn, now, row), created, expires_at
+            # The record in hand: not decoded again from what was just stored.
+            out = await _request_out(conn, now, {**row, "policy": None})
+            return {**out, "policy": record}, created, expires_at
 
         verdict: list[Any] = []
         out, created, expires_at = await self._write(work)
