@@ -43,6 +43,20 @@ class Outcome(Answer):
     at: datetime
 
 
+class RuleEvaluation(Answer):
+    rule: str
+    mode: Literal["enforce", "shadow"]
+    holds: bool
+    reasons: list[str] = Field(description="Each failed condition, in words.")
+
+
+class PolicyVerdict(Answer):
+    decision: Literal["approved", "none", "paused"]
+    rule: str | None = Field(description="The enforce rule that approved (or would have, "
+                                         "while paused).")
+    evaluations: list[RuleEvaluation] = Field(description="Every rule, in file order.")
+
+
 class ApprovalRequest(Answer):
     """An approval request. An overdue pending request already reads ``expired``, with
     ``decided_by`` ``timeout`` and ``decided_at`` null until the resolver records it."""
@@ -71,6 +85,11 @@ class ApprovalRequest(Answer):
     approvers: list[str] = Field(
         description="Who alone may decide it: principals and ``group:NAME`` entries; "
                     "empty: any approver.")
+    policy: PolicyVerdict | None = Field(
+        description="The policy's evaluation at create; null without a policy file.")
+    precedents: list[KnowledgeEntry] = Field(
+        description="Up to 5 knowledge entries for the incident's fingerprint, else its "
+                    "service, newest first.")
 
 
 class RequestPage(Answer):
@@ -230,6 +249,44 @@ class Watchdog(Answer):
     checks: list[WatchdogCheck]
 
 
+class PolicyPause(Answer):
+    by: str
+    at: datetime
+    reason: str
+
+
+class PolicyState(Answer):
+    source: str | None = Field(description="The policy file; null without one.")
+    loaded_at: datetime | None = Field(description="When the rules in use were read.")
+    rules: list[dict[str, Any]] = Field(description="The rules in use, as in the file.")
+    error: str | None = Field(description="Why the file's latest text is not in use "
+                                          "(the last good rules are).")
+    paused: PolicyPause | None
+
+
+class ShadowRule(Answer):
+    rule: str
+    mode: Literal["enforce", "shadow"]
+    would_approve: int
+    agreed: int
+    disagreed: int
+    undecided: int
+    missed: int
+    agreement_rate: float | None
+    disagreements: list[UUID]
+
+
+class Shadow(Answer):
+    rules: list[ShadowRule]
+
+
+class AlertsTaken(Answer):
+    opened: int
+    joined: int
+    resolved: int
+    ignored: int
+
+
 class Health(Answer):
     status: Literal["ok"]
 
@@ -276,3 +333,7 @@ class ConflictError(Answer):
 
 class InvalidError(Answer):
     error: InvalidDetail
+
+
+ApprovalRequest.model_rebuild()
+RequestPage.model_rebuild()

@@ -16,13 +16,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from signoff import errors
 from signoff.answers import (
+    AlertsTaken,
     ApprovalRequest,
     EventPage,
     Incident,
     IncidentPage,
     KnowledgePage,
     Link,
+    PolicyState,
     RequestPage,
+    Shadow,
     Stats,
     TokenList,
     Watchdog,
@@ -35,6 +38,7 @@ from signoff.http import (
     require,
     unless_gone,
 )
+from signoff.intake import AlertmanagerIn
 from signoff.lifecycle import IncidentStatus, Principal, RequestStatus, Role
 from signoff.openapi import documented
 from signoff.schemas import (
@@ -43,6 +47,7 @@ from signoff.schemas import (
     IncidentIn,
     LinkIn,
     OutcomeIn,
+    PauseIn,
     RequestIn,
     ResolveIn,
     utc_instant,
@@ -125,7 +130,7 @@ async def incident_events(
     said="The request created.",
     also={200: (ApprovalRequest, "The request made earlier with this Idempotency-Key and "
                                "body, as it is now.")},
-    notes={404: "No incident has that incident_id.",
+    notes={404: "No incident has that incident_id, or no open one has that fingerprint.",
            409: "The incident is already resolved."},
     body=RequestIn, extra={"parameters": [{
         "name": "Idempotency-Key", "in": "header", "required": False,
@@ -301,6 +306,55 @@ async def watchdog(request: Request) -> dict[str, Any]:
     await authorize(request, Role.VIEWER)
     checks = await _service(request).watchdog()
     return {"checks": [c.as_json() for c in checks]}
+
+
+# -- policy and intake ----------------------------------------------------------------
+
+
+@router.get("/policy", tags=["policy"], **documented(PolicyState, 401, 503))
+async def policy(request: Request) -> dict[str, Any]:
+    """The rules in use, the error of a broken file (the last good rules stay in use),
+    and whether the policy is paused."""
+    who = await authorize(request, Role.VIEWER)
+    return await _service(request).policy_state(who)
+
+
+@router.post("/policy/pause", tags=["policy"], **documented(
+    PolicyState, 401, 403, 409, 413, 422, 503, said="The policy, paused.",
+    notes={409: "The policy is already paused."}, body=PauseIn))
+async def pause_policy(request: Request) -> dict[str, Any]:
+    """Stop all auto-approval on every replica at once (admin); audited with the reason."""
+    who = await authorize(request, Role.ADMIN)
+    return await _service(request).pause_policy(who, await read_body(request, PauseIn))
+
+
+@router.post("/policy/resume", tags=["policy"], **documented(
+    PolicyState, 401, 403, 409, 413, 503, said="The policy, running again.",
+    notes={409: "The policy is not paused."}))
+async def resume_policy(request: Request) -> dict[str, Any]:
+    """Let the policy approve again (admin); audited."""
+    who = await authorize(request, Role.ADMIN)
+    return await _service(request).resume_policy(who)
+
+
+@router.get("/policy/shadow", tags=["policy"], **documented(Shadow, 401, 422, 503))
+async def policy_shadow(
+    request: Request, who: Viewer, since: str | None = None, until: str | None = None
+) -> dict[str, Any]:
+    """Each rule's verdicts against people's decisions, over the requests that ended in
+    ``[since, until)``."""
+    start, end = _instant(since, "since"), _instant(until, "until")
+    return await _service(request).policy_shadow(who, since=start, until=end)
+
+
+@router.post("/alertmanager", tags=["intake"], **documented(
+    AlertsTaken, 401, 403, 413, 422, 503, said="What the alerts did.",
+    notes={422: "Not an Alertmanager webhook payload of version 4; nothing changed."},
+    body=AlertmanagerIn))
+async def alertmanager(request: Request) -> dict[str, Any]:
+    """Alertmanager's webhook (payload version 4), all its alerts in one transaction."""
+    who = await authorize(request, Role.REQUESTER)
+    return await _service(request).take_alerts(who, await read_body(request, AlertmanagerIn))
 
 
 # -- tokens -----------------------------------------------------------------------------

@@ -29,9 +29,11 @@ from signoff.notify.presses import router as presses_router
 from signoff.notify.slack_presses import router as slack_router
 from signoff.notify.worker import Notifier
 from signoff.openapi import documented, install_docs_pages, install_openapi
+from signoff.policy import PolicyHolder
 from signoff.resolver import Resolver
 from signoff.scheduler import background_checks
 from signoff.service import Service
+from signoff.service_policy import holder_metrics
 from signoff.settings import Settings
 
 log = get_logger("signoff.app")
@@ -66,15 +68,22 @@ def create_app(
     run_resolver: bool = True,
     run_notifier: bool | None = None,
     run_watchdog: bool | None = None,
+    policy: PolicyHolder | None = None,
 ) -> FastAPI:
     """Build the app. The resolver, the delivery worker and the watchdogs run inside it
     unless ``run_resolver`` (and ``run_notifier``, ``run_watchdog``, by default the same)
-    is false."""
+    is false. The policy file (``policy``, else ``SIGNOFF_POLICY_FILE``) is read here: a
+    broken one raises ``PolicyError``; the lifespan re-reads it when it changes."""
     notifying = run_resolver if run_notifier is None else run_notifier
     watching = run_resolver if run_watchdog is None else run_watchdog
     database = db or Database.from_settings(settings)
     meters = metrics or Metrics()
-    service = Service(database, settings, meters)
+    rules = policy or PolicyHolder(settings.policy_file)
+    rules.on_change = holder_metrics(meters)
+    if rules.enabled and rules.policy is None:
+        rules.load()
+    holder_metrics(meters)(rules)
+    service = Service(database, settings, meters, rules)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,6 +104,8 @@ def create_app(
         if watching:
             scheduler = background_checks(database, settings, meters)
             tasks.append(asyncio.create_task(scheduler.run(stop), name="signoff-scheduler"))
+        if rules.enabled:
+            tasks.append(asyncio.create_task(rules.watch(stop), name="signoff-policy-reload"))
         if database.is_postgres:  # waiters and the token cache hear of other replicas' writes
             listener = ChannelListener(
                 listen_dsn(settings.database_url), store.CHANGED_CHANNEL,

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from signoff.cli_client import add_client_commands
 from signoff.cli_people import group_app, link_app, token_app
+from signoff.cli_policy import add_policy_commands
 from signoff.cli_support import (
     Options,
     err,
@@ -34,6 +35,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(group_app, name="group")
 app.add_typer(link_app, name="link")
 add_client_commands(app)
+add_policy_commands(app)
 
 
 @app.callback()
@@ -94,14 +96,23 @@ def serve(
     import uvicorn
 
     from signoff.app import create_app
+    from signoff.policy import PolicyError, PolicyHolder
     from signoff.server import GracefulServer
 
     settings = load_settings(ctx, host=host, port=port)
+    rules = PolicyHolder(settings.policy_file)
+    try:
+        rules.load()
+    except PolicyError as exc:
+        err.print(f"[bold red]signoff: the policy file {settings.policy_file} is broken[/]")
+        for line in exc.errors:
+            err.print(f"  {line}", markup=False)
+        raise typer.Exit(2) from None
 
     async def work(db: Database) -> bool:
         await upgrade(db)
         config = uvicorn.Config(
-            create_app(settings, db=db), host=settings.host, port=settings.port,
+            create_app(settings, db=db, policy=rules), host=settings.host, port=settings.port,
             log_config=None, access_log=False, lifespan="on",
         )
         server = GracefulServer(config)

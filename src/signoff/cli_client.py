@@ -80,7 +80,8 @@ def _fail(exc: SignoffError) -> typer.Exit:
 
 
 @contextmanager
-def _client(url: str | None, token: str | None) -> Iterator[Client]:
+def client_for(url: str | None, token: str | None) -> Iterator[Client]:
+    """A client of the server, turning its refusals into one line on stderr and exit 1."""
     try:
         client = Client(url, token)
     except ValueError as exc:
@@ -141,7 +142,7 @@ def incident_create(
     url: Url = None, token: Token = None, as_json: AsJson = False,
 ) -> None:
     """Open an incident (or find the open one with the same fingerprint)."""
-    with _client(url, token) as client:
+    with client_for(url, token) as client:
         made = client.create_incident(title, severity.value, service=service,
                                       fingerprint=fingerprint)
     _emit(made, as_json, "incident")
@@ -184,7 +185,7 @@ def request_create(
     if timeout is not None and not wait:
         raise typer.BadParameter("--timeout needs --wait", param_hint="'--timeout'")
     params = dict(_param(p) for p in param) if param else None
-    with _client(url, token) as client:
+    with client_for(url, token) as client:
         made = client.request(
             action, incident_id=incident, fingerprint=fingerprint,
             risk=None if risk is None else risk.value, params=params, rationale=rationale,
@@ -207,7 +208,7 @@ def request_list(
     url: Url = None, token: Token = None, as_json: AsJson = False,
 ) -> None:
     """List requests, newest first."""
-    with _client(url, token) as client:
+    with client_for(url, token) as client:
         page = client.list_requests(None if status is None else status.value, limit=limit)
     if as_json:
         print(json.dumps(page, indent=2, ensure_ascii=False))
@@ -220,7 +221,7 @@ def request_show(
     request_id: RequestId, url: Url = None, token: Token = None, as_json: AsJson = False,
 ) -> None:
     """Show one request."""
-    with _client(url, token) as client:
+    with client_for(url, token) as client:
         found = client.get(request_id)
     _emit(found, as_json)
 
@@ -232,7 +233,7 @@ def request_wait(
 ) -> None:
     """Wait until the request ends; exit 0 approved, 10 rejected, 11 expired, 12 cancelled,
     13 still pending at --timeout."""
-    with _client(url, token) as client:
+    with client_for(url, token) as client:
         final = _wait(client, {"id": request_id}, timeout)
     _finish(final, as_json)
 
@@ -242,7 +243,7 @@ def request_cancel(
     request_id: RequestId, url: Url = None, token: Token = None, as_json: AsJson = False,
 ) -> None:
     """Withdraw a pending request (its requester only)."""
-    with _client(url, token) as client:
+    with client_for(url, token) as client:
         done = client.cancel(request_id)
     _emit(done, as_json)
 
@@ -256,7 +257,7 @@ def request_outcome(
     url: Url = None, token: Token = None, as_json: AsJson = False,
 ) -> None:
     """Report how an approved action went (its requester only)."""
-    with _client(url, token) as client:
+    with client_for(url, token) as client:
         done = client.report_outcome(request_id, succeeded, detail)
     _emit(done, as_json)
 
@@ -267,7 +268,7 @@ def approve(
     url: Url = None, token: Token = None, as_json: AsJson = False,
 ) -> None:
     """Approve a request (approvers only)."""
-    with _client(url, token) as client:
+    with client_for(url, token) as client:
         done = client.approve(request_id, comment)
     _emit(done, as_json)
 
@@ -278,6 +279,6 @@ def reject(
     url: Url = None, token: Token = None, as_json: AsJson = False,
 ) -> None:
     """Reject a request (approvers only)."""
-    with _client(url, token) as client:
+    with client_for(url, token) as client:
         done = client.reject(request_id, comment)
     _emit(done, as_json)

@@ -101,6 +101,18 @@ class OutcomeAlreadyReported(Conflict):
     code = "outcome_already_reported"
 
 
+class PolicyAlreadyPaused(Conflict):
+    """The policy is already paused."""
+
+    code = "policy_paused"
+
+
+class PolicyNotPaused(Conflict):
+    """The policy is not paused."""
+
+    code = "policy_not_paused"
+
+
 class InvalidInput(SignoffError):
     """The input is not valid."""
 

@@ -83,11 +83,15 @@ class EventKind(StrEnum):
     TOKEN_REVOKED = "token_revoked"
     GROUP_MEMBERS_ADDED = "group_members_added"
     GROUP_MEMBERS_REMOVED = "group_members_removed"
+    POLICY_PAUSED = "policy_paused"
+    POLICY_RESUMED = "policy_resumed"
 
 
 # Principals that are not tokens: who "decided" when nobody did.
 TIMEOUT_ACTOR = "timeout"
 INCIDENT_RESOLVED_ACTOR = "incident_resolved"
+# A policy rule's approval is decided by ``policy:<rule>``.
+POLICY_ACTOR_PREFIX = "policy:"
 
 # Statuses of a request that keep its incident open: someone may still act on it.
 # An approved request keeps its incident open until its outcome is reported.

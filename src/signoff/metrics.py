@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import collections
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-from signoff.lifecycle import EventKind, RequestStatus, disposition_for
+from signoff.lifecycle import POLICY_ACTOR_PREFIX, EventKind, RequestStatus, disposition_for
 
 
 class Metrics:
@@ -87,6 +90,35 @@ class Metrics:
             ["method", "route", "status"], registry=r,
         )
 
+        self.policy_decisions = Counter(
+            "signoff_policy_decisions_total",
+            "Requests evaluated by the policy, by decision (approved, none, paused) and the "
+            "rule that approved (or would have, while paused).",
+            ["decision", "rule"], registry=r,
+        )
+        # Counted in plain dicts and exported by a collector: a policy of a hundred rules
+        # costs a create two hundred increments, too many for locked counters.
+        self.policy_evaluations: CountsByLabels = collections.Counter()
+        self.policy_reasons: CountsByLabels = collections.Counter()
+        r.register(_PolicyCounts(self))
+        self.policy_error = Gauge(
+            "signoff_policy_error",
+            "1 while the policy file is broken (the last good rules stay in use), else 0.",
+            registry=r,
+        )
+        self.policy_loaded = Gauge(
+            "signoff_policy_loaded_timestamp_seconds",
+            "When the rules in use were loaded (Unix time; 0: none).", registry=r,
+        )
+        self.policy_rules = Gauge(
+            "signoff_policy_rules", "Rules in use, by mode.", ["mode"], registry=r,
+        )
+        self.alerts = Counter(
+            "signoff_alerts_total",
+            "Alertmanager alerts taken in, by what they did (opened, joined, resolved, "
+            "ignored).", ["result"], registry=r,
+        )
+
     def observe_events(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Count what a committed transaction did, from the audit events it wrote.
 
@@ -104,11 +136,39 @@ class Metrics:
                 ).inc()
             elif kind in _ENDINGS:
                 status = RequestStatus(event["to_status"])
-                disposition = disposition_for(status)
+                disposition = disposition_for(
+                    status, by_policy=str(event["actor"]).startswith(POLICY_ACTOR_PREFIX))
                 if disposition is not None:
                     self.requests_decided.labels(disposition=disposition.value).inc()
                 if status is RequestStatus.EXPIRED:
                     self.requests_expired.inc()
+
+
+CountsByLabels = collections.Counter[tuple[str, ...]]
+
+
+class _PolicyCounts(Collector):
+    """``signoff_policy_evaluations_total`` (rule, mode, holds) and
+    ``signoff_policy_reasons_total`` (rule, reason) from ``Metrics``' counts."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        evaluations = CounterMetricFamily(
+            "signoff_policy_evaluations",
+            "Rule evaluations, by rule, mode and whether the rule held.",
+            labels=["rule", "mode", "holds"])
+        for key, n in list(self.metrics.policy_evaluations.items()):
+            evaluations.add_metric(list(key), n)
+        reasons = CounterMetricFamily(
+            "signoff_policy_reasons",
+            "Conditions that failed in rule evaluations, by rule and condition.",
+            labels=["rule", "reason"])
+        for key, n in list(self.metrics.policy_reasons.items()):
+            reasons.add_metric(list(key), n)
+        yield evaluations
+        yield reasons
 
 
 _ENDINGS = frozenset({

@@ -108,6 +108,8 @@ class LinkIn(Body):
 
 class RequestIn(Body):
     incident_id: UUID | None = None
+    # Instead of incident_id: the open incident with this fingerprint.
+    fingerprint: Name | None = None
     action: Annotated[StrictStr, Field(max_length=MAX_ACTION), Storable]
     params: JsonObject | None = None
     risk: Risk = Risk.MEDIUM
@@ -144,6 +146,17 @@ Approver = Annotated[StrictStr, Field(min_length=1, max_length=200), Storable,
                      AfterValidator(_approver)]
 Approvers = Annotated[list[Approver], Field(max_length=MAX_APPROVERS),
                       AfterValidator(_distinct)]
+
+
+def _said(value: str) -> str:
+    if not value.strip():
+        raise ValueError("give a reason: it is kept in the audit trail")
+    return value
+
+
+class PauseIn(Body):
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT), Storable,
+                      AfterValidator(_said)]
 
 
 class DecisionIn(Body):
@@ -183,7 +196,11 @@ def request_deadline(
 def canonical_digest(body: BaseModel) -> str:
     """A stable fingerprint of a body, to tell a retried create from a different one."""
     # Defaults included: sending a default explicitly is the same body as leaving it out.
+    # Fields added later count only when given, so that digests stored before stay true.
     data = body.model_dump(mode="json")
+    for later in ("fingerprint", "approvers"):
+        if data.get(later) is None:
+            data.pop(later, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

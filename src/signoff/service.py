@@ -16,29 +16,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors, queries, store
 from signoff.db import Database
-from signoff.doctor import Finding, run_checks
 from signoff.groups import GroupOperations
+from signoff.intake import IntakeOperations
 from signoff.lifecycle import (
     IncidentStatus,
     Principal,
     RequestStatus,
     ResolutionType,
     Role,
-    role_allows,
 )
 from signoff.links import LinkOperations
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.notify.outbox import ADDED_KEY as OUTBOX_ADDED
 from signoff.notify.reminders import first_reminder
-from signoff.report import Report, build_report
+from signoff.policy import APPROVED, PolicyHolder
+from signoff.policy.record import encode_record
 from signoff.schemas import (
     DecisionIn,
     IncidentIn,
@@ -48,14 +48,14 @@ from signoff.schemas import (
     canonical_digest,
     request_deadline,
 )
+from signoff.service_policy import PolicyOperations, T, Work, allow, attach_precedents
+from signoff.service_reads import ReadOperations
 from signoff.settings import Settings
 from signoff.tokens import TokenOperations
-from signoff.views import event_view, incident_view, knowledge_view, request_view
+from signoff.views import event_view, incident_view, request_view
 from signoff.waiters import BatchReader, Reading, Waiters, changed_requests
-from signoff.watchdog import CheckResult, Thresholds, run_watchdogs
+from signoff.watchdog import Thresholds
 
-T = TypeVar("T")
-Work = Callable[[AsyncConnection, datetime], Awaitable[T]]
 Id = uuid.UUID | str
 Page = dict[str, Any]
 log = get_logger("signoff.service")
@@ -80,11 +80,6 @@ def parse_id(value: Id, missing: type[errors.NotFound]) -> uuid.UUID:
         raise missing() from None
 
 
-def _allow(who: Principal, role: Role) -> None:
-    if not role_allows(who.role, role):
-        raise errors.Forbidden(f"this needs the {role.value} role; the token is {who.role}")
-
-
 def _content(body: T | errors.InvalidInput) -> T:
     if isinstance(body, errors.InvalidInput):
         raise body
@@ -95,12 +90,17 @@ def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
     return {"items": items, "next_cursor": next_cursor}
 
 
-class Service(TokenOperations, GroupOperations, LinkOperations):
+class Service(TokenOperations, GroupOperations, LinkOperations, PolicyOperations,
+              IntakeOperations, ReadOperations):
     """signoff's operations over one database. Built at the edge (the app, a CLI command);
     the app's lifespan attaches the delivery worker and the resolver it wakes."""
 
-    def __init__(self, db: Database, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, metrics: Metrics,
+        policy: PolicyHolder | None = None,
+    ) -> None:
         self.db = db
+        self.policy = policy or PolicyHolder(None)
         self.settings = settings
         self.metrics = metrics
         self.thresholds = Thresholds.from_settings(settings)
@@ -166,11 +166,15 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
         self.waiters.wake_all()
 
     async def _readings(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Reading]:
-        """Requests as answered, with the seconds to their deadlines: one query for all."""
+        """Requests as answered, with the seconds to their deadlines: one query for all
+        (and their precedents)."""
 
         async def work(conn: AsyncConnection, now: datetime) -> dict[uuid.UUID, Reading]:
-            return {r["id"]: (request_view(r, votes, now), (r["expires_at"] - now).total_seconds())
-                    for r, votes in await queries.requests_by_id(conn, ids)}
+            found = await queries.requests_by_id(conn, ids)
+            outs = [request_view(r, votes, now) for r, votes in found]
+            await attach_precedents(conn, [r for r, _ in found], outs)
+            return {r["id"]: (out, (r["expires_at"] - now).total_seconds())
+                    for (r, _), out in zip(found, outs, strict=True)}
 
         return await self._read(work)
 
@@ -179,7 +183,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
     async def create_incident(self, who: Principal, body: IncidentIn) -> tuple[Page, bool]:
         """Open an incident; an open one with the same fingerprint is returned instead
         (``created`` false)."""
-        _allow(who, Role.REQUESTER)
+        allow(who, Role.REQUESTER)
         row, created = await self._write(
             lambda conn, now: store.create_incident(conn, now, actor=who.name,
                                                     data=body.model_dump())
@@ -192,7 +196,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
         self, who: Principal, incident_id: Id, body: ResolveIn | errors.InvalidInput
     ) -> Page:
         """Resolve by hand (resolution type ``manual``); its pending requests are cancelled."""
-        _allow(who, Role.APPROVER)
+        allow(who, Role.APPROVER)
         iid = parse_id(incident_id, errors.IncidentNotFound)
 
         async def work(conn: AsyncConnection, now: datetime) -> Any:
@@ -210,7 +214,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
         return incident_view(row)
 
     async def get_incident(self, who: Principal, incident_id: Id) -> Page:
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
         iid = parse_id(incident_id, errors.IncidentNotFound)
         return incident_view(await self._read(lambda conn, now: store.get_incident(conn, iid)))
 
@@ -218,7 +222,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
         self, who: Principal, *, status: IncidentStatus | None = None,
         service: str | None = None, limit: int = 50, cursor: str | None = None,
     ) -> Page:
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
         page = await self._read(lambda conn, now: queries.list_incidents(
             conn, status=None if status is None else status.value, service=service,
             limit=limit, cursor=cursor,
@@ -238,7 +242,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
     ) -> tuple[Page, bool]:
         """Ask for sign-off. The same idempotency key and body return the same request
         (``created`` false), even once its deadline has passed."""
-        _allow(who, Role.REQUESTER)
+        allow(who, Role.REQUESTER)
         settings = self.settings
         digest = canonical_digest(body) if idempotency_key is not None else None
 
@@ -249,6 +253,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
                     if previous["idempotency_digest"] != digest:
                         raise errors.IdempotencyMismatch()
                     return await _request_out(conn, now, previous), False, previous["expires_at"]
+            incident = await self.incident_for(conn, body)
             expires_at = request_deadline(
                 body, now, default_ttl=settings.default_ttl, max_ttl=settings.max_ttl)
             if body.callback_url is not None:  # by its text: no DNS while creating
@@ -256,19 +261,32 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
             unknown = await store.unknown_groups(conn, body.approvers or [])
             if unknown:
                 raise errors.InvalidInput(f"approvers: no such group: {', '.join(unknown)}")
+            verdict[:] = [await self.judge_request(conn, now, who, body, incident)]
+            record = verdict[0] and verdict[0].as_json()
             data = {
-                **body.model_dump(),
+                **body.model_dump(), "incident_id": incident and incident["id"],
                 "needs_analysis": settings.is_placeholder(body.action),
                 "next_reminder_at": first_reminder(now, expires_at, settings.reminders),
+                "policy": record and encode_record(record),
             }
             row, created = await store.create_request(
                 conn, now, actor=who.name, data=data, expires_at=expires_at,
-                idempotency_key=idempotency_key, digest=digest,
+                idempotency_key=idempotency_key, digest=digest, incident=incident,
             )
-            return await _request_out(conn, now, row), created, expires_at
+            if created and verdict[0] and verdict[0].decision == APPROVED:
+                row = await store.auto_approve_request(conn, now, row["id"],
+                                                       rule=str(verdict[0].rule))
+            verdict[:] = verdict if created else []
+            if not created or record is None:
+                return await _request_out(conn, now, row), created, expires_at
+            # The record in hand: not decoded again from what was just stored.
+            out = await _request_out(conn, now, {**row, "policy": None})
+            return {**out, "policy": record}, created, expires_at
 
+        verdict: list[Any] = []
         out, created, expires_at = await self._write(work)
         if created:
+            self.count_verdict(verdict[0] if verdict else None, out["id"])
             if self.resolver is not None:
                 self.resolver.wake(expires_at)
             log.info("request_created", request_id=out["id"], incident_id=out["incident_id"],
@@ -280,7 +298,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
     ) -> Page:
         """The request; with ``wait`` seconds, once it is no longer pending (or its
         deadline or the wait has come), holding no connection meanwhile."""
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
         rid = parse_id(request_id, errors.RequestNotFound)
         if not wait or isinstance(wait, errors.InvalidInput):
             out, _ = await self._reads.read(rid)  # a 404 comes before a bad wait's 422
@@ -297,7 +315,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
         self, who: Principal, *, status: RequestStatus | None = None,
         incident_id: uuid.UUID | None = None, limit: int = 50, cursor: str | None = None,
     ) -> Page:
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
 
         async def work(conn: AsyncConnection, now: datetime) -> Page:
             page = await queries.list_requests(
@@ -307,6 +325,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
                 conn, [r["id"] for r in page.rows if r["approval_count"]]
             )
             items = [request_view(r, found.get(r["id"], []), now) for r in page.rows]
+            await attach_precedents(conn, page.rows, items)
             return _page(items, page.next_cursor)
 
         return await self._read(work)
@@ -322,7 +341,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
         cursor: str | None,
     ) -> Page:
         """The audit trail of an incident or a request (``subject``), oldest first."""
-        _allow(who, Role.VIEWER)
+        allow(who, Role.VIEWER)
         exists = store.get_incident if subject == "incident_id" else store.get_request
 
         async def work(conn: AsyncConnection, now: datetime) -> queries.Page:
@@ -352,7 +371,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
         *, approving: bool, via: str, link: uuid.UUID | None = None,
     ) -> Page:
         """A decision; through a single-use ``link``, which it uses up in its transaction."""
-        _allow(who, Role.APPROVER)
+        allow(who, Role.APPROVER)
         transition = store.approve_request if approving else store.reject_request
 
         async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
@@ -375,7 +394,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
 
     async def cancel(self, who: Principal, request_id: Id) -> Page:
         """Withdraw a pending request; only its requester (or an admin) may."""
-        _allow(who, Role.REQUESTER)
+        allow(who, Role.REQUESTER)
         admin = who.role is Role.ADMIN
 
         async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
@@ -392,7 +411,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
         self, who: Principal, request_id: Id, body: OutcomeIn | errors.InvalidInput
     ) -> Page:
         """Record how the approved action went; success resolves its incident (``action``)."""
-        _allow(who, Role.REQUESTER)
+        allow(who, Role.REQUESTER)
         admin = who.role is Role.ADMIN
 
         async def check(conn: AsyncConnection, now: datetime, rid: uuid.UUID) -> None:
@@ -445,54 +464,17 @@ class Service(TokenOperations, GroupOperations, LinkOperations):
                 status=status,
             ) from None
 
-    # -- knowledge, statistics and operations -------------------------------------------
-
-    async def list_knowledge(
-        self, who: Principal, *, incident_id: uuid.UUID | None = None,
-        service: str | None = None, fingerprint: str | None = None, limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        _allow(who, Role.VIEWER)
-        page = await self._read(lambda conn, now: queries.list_knowledge(
-            conn, incident_id=incident_id, service=service, fingerprint=fingerprint,
-            limit=limit, cursor=cursor,
-        ))
-        return _page([knowledge_view(r) for r in page.rows], page.next_cursor)
-
-    async def stats(
-        self, who: Principal, *, since: datetime | None = None, until: datetime | None = None
-    ) -> dict[str, Any]:
-        """Dispositions and rates of the requests that ended in ``[since, until)``."""
-        _allow(who, Role.VIEWER)
-        if since is not None and until is not None and since > until:
-            raise errors.InvalidInput("since must not be after until")
-        return await self._read(
-            lambda conn, now: queries.compute_stats(conn, since=since, until=until)
-        )
-
-    async def watchdog(self, *, limit: int = 100) -> list[CheckResult]:
-        """The watchdogs' findings now, computed from the database."""
-        return await self._read(
-            lambda conn, now: run_watchdogs(conn, now, self.thresholds, limit=limit)
-        )
-
-    async def report(self, day: date | None = None) -> Report:
-        """The daily report of a local day (today so far without one)."""
-        return await self._read(lambda conn, now: build_report(conn, now, self.settings, day))
-
-    async def doctor(self, grace: timedelta) -> list[Finding]:
-        """The lifecycle's invariants checked on the database."""
-        return await self._read(lambda conn, now: run_checks(conn, now, grace=grace))
-
 
 async def _request_out(
     conn: AsyncConnection, now: datetime, row: Any, *, voter: str | None = None
 ) -> Page:
-    """The request as answered; ``voter`` has just approved it (``store.approve_request``
-    records the vote at ``now``)."""
+    """The request as answered, with its precedents; ``voter`` has just approved it
+    (``store.approve_request`` records the vote at ``now``)."""
     if row["approval_count"] == 0:  # the common case: no votes to read
-        return request_view(row, [], now)
-    if voter is not None and row["approval_count"] == 1:  # that vote is the only one
-        return request_view(row, [{"approver": voter, "at": now.astimezone(UTC)}], now)
-    found = await queries.approvals_of(conn, [row["id"]])
-    return request_view(row, found[row["id"]], now)
+        out = request_view(row, [], now)
+    elif voter is not None and row["approval_count"] == 1:  # that vote is the only one
+        out = request_view(row, [{"approver": voter, "at": now.astimezone(UTC)}], now)
+    else:
+        out = request_view(row, (await queries.approvals_of(conn, [row["id"]]))[row["id"]], now)
+    await attach_precedents(conn, [row], [out])
+    return out

@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError
 
 from signoff.destinations import CallbackPolicy
 from signoff.durations import parse_duration
+from signoff.lifecycle import Severity
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
@@ -86,6 +87,12 @@ class Settings(BaseSettings):
     watchdog_orphan_grace: Duration = timedelta(minutes=15)
     # The daily report: HH:MM in the display time zone, or "off".
     heartbeat_at: str = "09:00"
+    # Policy (``docs/policy.md``): without a file nothing is auto-approved.
+    policy_file: str | None = None
+    # Alertmanager intake: the alert's severity label → an incident severity, and the
+    # label that names the service.
+    alert_severity_map: str = "critical=critical,error=high,warning=medium,info=info"
+    alert_service_label: str = "service"
 
     @field_validator("database_url")
     @classmethod
@@ -144,6 +151,24 @@ class Settings(BaseSettings):
     def _check_slack_approvers(cls, value: str) -> str:
         parse_slack_approvers(value)
         return value
+
+    @field_validator("alert_severity_map")
+    @classmethod
+    def _check_severity_map(cls, value: str) -> str:
+        parse_severity_map(value)
+        return value
+
+    @field_validator("alert_service_label")
+    @classmethod
+    def _check_service_label(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the service label must not be empty")
+        return value.strip()
+
+    @field_validator("policy_file")
+    @classmethod
+    def _check_policy_file(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("reminder_fractions")
     @classmethod
@@ -253,6 +278,11 @@ class Settings(BaseSettings):
         return parse_slack_approvers(self.slack_approvers)
 
     @property
+    def severity_map(self) -> dict[str, Severity]:
+        """An alert's ``severity`` label (folded) → the incident's severity."""
+        return parse_severity_map(self.alert_severity_map)
+
+    @property
     def telegram_enabled(self) -> bool:
         return self.telegram_bot_token is not None and self.telegram_chat_id is not None
 
@@ -291,6 +321,24 @@ def parse_slack_approvers(value: str) -> dict[str, str]:
             raise ValueError(f"{item.strip()!r} is not slack_user_id=approver_name "
                              "(a Slack user id is like U0123ABCD)")
         mapping[user.strip()] = name.strip()
+    return mapping
+
+
+def parse_severity_map(value: str) -> dict[str, Severity]:
+    """``label=severity,...`` → a mapping (labels folded); a severity must be signoff's."""
+    mapping: dict[str, Severity] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        label, sep, severity = item.partition("=")
+        if not sep or not label.strip():
+            raise ValueError(f"{item.strip()!r} is not label=severity")
+        try:
+            mapping[label.strip().casefold()] = Severity(severity.strip().lower())
+        except ValueError:
+            raise ValueError(
+                f"{severity.strip()!r} is not a severity: use "
+                + ", ".join(s.value for s in Severity)) from None
     return mapping
 
 

@@ -104,6 +104,9 @@ incidents = sa.Table(
     sa.Index(None, "service", "opened_at"),
 )
 
+HUMAN_DECIDED = "disposition IN ('human_approved', 'human_rejected')"
+AUTO_DECIDED = "disposition = 'auto_repair'"
+
 requests = sa.Table(
     "approval_requests",
     metadata,
@@ -135,6 +138,13 @@ requests = sa.Table(
     sa.Column("next_reminder_at", UTCDateTime(), nullable=True),
     # Who alone may decide it: principals and "group:NAME" entries; NULL: any approver.
     sa.Column("approvers", NullableJSON, nullable=True),
+    # The incident's, copied at create (an incident's never change): precedent and the
+    # policy's limits read them without a join.
+    sa.Column("fingerprint", sa.Text(), nullable=True),
+    sa.Column("service", sa.Text(), nullable=True),
+    # The policy's evaluation at create (NULL without a policy file): compressed JSON
+    # (``signoff.policy.record``), written on every create, read back whole.
+    sa.Column("policy", sa.LargeBinary(), nullable=True),
     sa.CheckConstraint("required_approvals >= 1", name="required_approvals_positive"),
     # The resolver's only read path: pending requests by deadline.
     sa.Index(
@@ -163,6 +173,29 @@ requests = sa.Table(
         "decided_at",
         postgresql_where=sa.text("status = 'approved' AND outcome_at IS NULL"),
         sqlite_where=sa.text("status = 'approved' AND outcome_at IS NULL"),
+    ),
+    # Precedent: people's decisions by fingerprint or service, newest first.
+    sa.Index(
+        "ix_approval_requests_human_fingerprint",
+        "fingerprint",
+        "decided_at",
+        postgresql_where=sa.text(HUMAN_DECIDED),
+        sqlite_where=sa.text(HUMAN_DECIDED),
+    ),
+    sa.Index(
+        "ix_approval_requests_human_service",
+        "service",
+        "decided_at",
+        postgresql_where=sa.text(HUMAN_DECIDED),
+        sqlite_where=sa.text(HUMAN_DECIDED),
+    ),
+    # A policy rule's limit: the policy's approvals for a service in the trailing window.
+    sa.Index(
+        "ix_approval_requests_auto_service",
+        "service",
+        "decided_at",
+        postgresql_where=sa.text(AUTO_DECIDED),
+        sqlite_where=sa.text(AUTO_DECIDED),
     ),
     sa.Index(None, "incident_id", "status"),
     sa.Index(None, "created_at", "id"),
@@ -293,4 +326,19 @@ cards = sa.Table(
     sa.Column("message_id", sa.BigInteger(), nullable=False),
     sa.Column("sent_at", UTCDateTime(), nullable=False),
     sa.Column("final_at", UTCDateTime(), nullable=True),
+)
+
+# The policy's kill switch: a row per pause, closed by its resume (never deleted). At most
+# one is open; every replica reads it in the transaction that would auto-approve.
+policy_pauses = sa.Table(
+    "policy_pauses",
+    metadata,
+    sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    sa.Column("paused_by", sa.Text(), nullable=False),
+    sa.Column("paused_at", UTCDateTime(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("resumed_by", sa.Text(), nullable=True),
+    sa.Column("resumed_at", UTCDateTime(), nullable=True),
+    # True while open, NULL once resumed: unique, so a second open pause cannot exist.
+    sa.Column("open", sa.Boolean(), nullable=True, unique=True),
 )

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from signoff.lifecycle import RequestStatus, visible_status
+from signoff.policy.record import decode_record
 
 Row = Mapping[Any, Any]
 
@@ -52,6 +53,7 @@ def request_view(row: Row, approvals: Sequence[Row], now: datetime) -> dict[str,
         "outcome": outcome_view(row),
         "needs_analysis": bool(row["needs_analysis"]),
         "approvers": list(row["approvers"] or []),
+        "policy": decode_record(row.get("policy")),
     }
 
 

@@ -50,6 +50,13 @@ def slack_signed(body: bytes) -> dict[str, str]:
     timestamp = str(int(time.time()))
     return {**FORM, "X-Slack-Request-Timestamp": timestamp,
             "X-Slack-Signature": sign(SECRET, timestamp, body)}
+POLICY = "/api/v1/policy"
+PAUSE = "/api/v1/policy/pause"
+RESUME = "/api/v1/policy/resume"
+SHADOW = "/api/v1/policy/shadow"
+ALERTS = "/api/v1/alertmanager"
+FIRING = {"version": "4", "alerts": [{"status": "firing", "labels": {"alertname": "A"},
+                                       "fingerprint": "am-1"}]}
 
 
 @pytest.fixture
@@ -136,6 +143,10 @@ def drive(call: Caller) -> None:
          headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
     not_a_press = b'payload=%7B%22type%22%3A%22shortcut%22%7D'
     call(None, "POST", SLACK, 200, content=not_a_press, headers=slack_signed(not_a_press))
+    call("viewer", "GET", POLICY, 200)
+    call("viewer", "GET", SHADOW, 200)
+    call("root", "POST", PAUSE, 200, json={"reason": "bad deploy"})  # resumed below
+    call("bot", "POST", ALERTS, 200, json=FIRING)
 
     refuse(call, iid=iid, pending=pending, approved=approved, rejected=rejected)
 
@@ -150,7 +161,8 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
         ("POST", CANCEL, {"request_id": pending}), ("POST", OUTCOME, {"request_id": approved}),
         ("GET", "/api/v1/knowledge", {}), ("GET", "/api/v1/stats", {}),
         ("GET", "/api/v1/watchdog", {}), ("POST", LINKS, {"request_id": pending}),
-        ("GET", TOKENS, {}),
+        ("GET", TOKENS, {}), ("GET", POLICY, {}), ("POST", PAUSE, {}),
+        ("POST", RESUME, {}), ("GET", SHADOW, {}), ("POST", ALERTS, {}),
     ]
     # 401: no token (the webhook: no secret).
     for method, template, ids in every:
@@ -168,6 +180,9 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("viewer", "POST", OUTCOME, 403, {"request_id": approved})
     call("bot2", "POST", LINKS, 403, {"request_id": pending}, json={"for": "alice"})
     call("viewer", "GET", TOKENS, 403)
+    call("alice", "POST", PAUSE, 403, json={"reason": "x"})
+    call("bot", "POST", RESUME, 403)
+    call("alice", "POST", ALERTS, 403, json=FIRING)
 
     # 404: nothing has that id.
     deciders = {RESOLVE: "alice", APPROVE: "alice", REJECT: "alice", CANCEL: "bot",
@@ -186,6 +201,9 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("bot", "POST", CANCEL, 409, {"request_id": rejected})
     call("bot", "POST", OUTCOME, 409, {"request_id": approved}, json={"succeeded": True})
     call("bot", "POST", LINKS, 409, {"request_id": rejected}, json={"for": "alice"})
+    call("root", "POST", PAUSE, 409, json={"reason": "again"})
+    call("root", "POST", RESUME, 200)
+    call("root", "POST", RESUME, 409)
 
     # 413: a body over 1 MiB.
     for method, template, ids in every:
@@ -212,6 +230,9 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("bot", "POST", OUTCOME, 422, {"request_id": reported}, json={"succeeded": "yes"})
     call("viewer", "GET", "/api/v1/knowledge", 422, query={"incident_id": "not-a-uuid"})
     call("viewer", "GET", "/api/v1/stats", 422, query={"since": "yesterday"})
+    call("root", "POST", PAUSE, 422, json={"reason": ""})
+    call("viewer", "GET", SHADOW, 422, query={"since": "yesterday"})
+    call("bot", "POST", ALERTS, 422, json={**FIRING, "version": "3"})
     call(None, "POST", WEBHOOK, 422, content=b"{", headers={
         **JSON, "X-Telegram-Bot-Api-Secret-Token": SECRET})
     call(None, "POST", SLACK, 422, content=b"payload=%7B", headers=slack_signed(b"payload=%7B"))

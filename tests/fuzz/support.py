@@ -74,8 +74,12 @@ class Snapshots:
 
 def _resolver_did(table: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
     """Whether one row's change is the resolver's own work: an overdue request expired, its
-    incident closed as a timeout, their knowledge entry and audit events."""
+    incident closed as a timeout, their knowledge entry and audit events; or the reminder
+    worker's: a pending request's next reminder moved on (with no channel, it sends none)."""
     if table == "approval_requests" and old is not None and new is not None:
+        if (old["status"] == new["status"] == "pending"
+                and all(new[k] == v for k, v in old.items() if k != "next_reminder_at")):
+            return True
         same = {k: v for k, v in old.items()
                 if k not in ("status", "disposition", "decided_by", "decided_at")}
         return (

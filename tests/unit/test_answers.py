@@ -30,7 +30,8 @@ def same_fields(view: dict[str, Any], model: type[BaseModel]) -> None:
 ])
 def test_a_request_is_described(changes: dict[str, Any]) -> None:
     approvals = [{"approver": "alice", "at": NOW}] if changes.get("approval_count") else []
-    same_fields(request_view(request_row(**changes), approvals, NOW), ApprovalRequest)
+    view = request_view(request_row(**changes), approvals, NOW)
+    same_fields({**view, "precedents": []}, ApprovalRequest)  # the service adds them
 
 
 @pytest.mark.parametrize("changes", [

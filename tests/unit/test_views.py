@@ -22,7 +22,8 @@ REQUEST_FIELDS = {
     "id", "incident_id", "action", "params", "risk", "rationale", "requested_by", "status",
     "disposition", "required_approvals", "approvals", "decided_by", "decision_comment",
     "created_at", "expires_at", "decided_at", "outcome", "needs_analysis", "approvers",
-}
+    "policy",
+}  # and "precedents", which the service adds (it reads them)
 INCIDENT_FIELDS = {
     "id", "fingerprint", "source", "title", "severity", "service", "labels", "description",
     "status", "opened_at", "resolved_at", "resolution_type", "disposition",

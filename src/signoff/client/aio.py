@@ -136,6 +136,23 @@ class AsyncClient:
         """A page of requests, newest first: ``{"items": [...], "next_cursor": ...}``."""
         return await self._send(calls.list_requests(status, incident_id, limit, cursor))
 
+    async def policy(self) -> Request:
+        """The server's policy: its rules, a broken file's error, and whether it is paused."""
+        return await self._send(calls.policy())
+
+    async def policy_shadow(self, since: str | None = None, until: str | None = None) -> Request:
+        """Each rule's verdicts against people's decisions over requests that ended in
+        ``[since, until)`` (RFC 3339 times)."""
+        return await self._send(calls.policy_shadow(since, until))
+
+    async def pause_policy(self, reason: str) -> Request:
+        """Stop all auto-approval (admin)."""
+        return await self._send(calls.pause_policy(reason))
+
+    async def resume_policy(self) -> Request:
+        """Let the policy approve again (admin)."""
+        return await self._send(calls.resume_policy())
+
     async def list_knowledge(
         self, *, incident_id: str | None = None, service: str | None = None,
         fingerprint: str | None = None, limit: int | None = None, cursor: str | None = None,

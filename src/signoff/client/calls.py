@@ -148,6 +148,22 @@ def report_outcome(request_id: str, succeeded: bool, detail: str | None) -> Call
     return Call("POST", f"/approvals/{_id(request_id)}/outcome", body)
 
 
+def policy() -> Call:
+    return Call("GET", "/policy")
+
+
+def policy_shadow(since: str | None, until: str | None) -> Call:
+    return Call("GET", "/policy/shadow", query=_given(since=since, until=until))
+
+
+def pause_policy(reason: str) -> Call:
+    return Call("POST", "/policy/pause", {"reason": reason})
+
+
+def resume_policy() -> Call:
+    return Call("POST", "/policy/resume")
+
+
 class Waiting:
     """The plan of one ``wait``: a plain read first, then long-polls of at most
     ``MAX_WAIT`` until the request ends or ``timeout`` passes; an unreachable server or a

@@ -133,6 +133,23 @@ class Client:
         """A page of requests, newest first: ``{"items": [...], "next_cursor": ...}``."""
         return self._send(calls.list_requests(status, incident_id, limit, cursor))
 
+    def policy(self) -> Request:
+        """The server's policy: its rules, a broken file's error, and whether it is paused."""
+        return self._send(calls.policy())
+
+    def policy_shadow(self, since: str | None = None, until: str | None = None) -> Request:
+        """Each rule's verdicts against people's decisions over requests that ended in
+        ``[since, until)`` (RFC 3339 times)."""
+        return self._send(calls.policy_shadow(since, until))
+
+    def pause_policy(self, reason: str) -> Request:
+        """Stop all auto-approval (admin)."""
+        return self._send(calls.pause_policy(reason))
+
+    def resume_policy(self) -> Request:
+        """Let the policy approve again (admin)."""
+        return self._send(calls.resume_policy())
+
     def list_knowledge(
         self, *, incident_id: str | None = None, service: str | None = None,
         fingerprint: str | None = None, limit: int | None = None, cursor: str | None = None,

@@ -6,13 +6,16 @@ One module a concept, each using only the ones above it in this list:
 ``rows``       audit events, batched inserts, ``IN`` lists, the definition of a live request
 ``tokens``     API tokens, stored hashed
 ``incidents``  incidents, their closing, and the knowledge entries closing writes
+``alerts``     incidents opened and resolved by alerts, many at once
 ``requests``   approval requests and their transitions (approve, reject, cancel, outcome)
 ``expiry``     the resolver's claims and the reads that plan its next pass
+``policy``     the policy's kill switch, lookups and approvals, and precedents
 
 Callers use the names gathered here (``store.approve_request``), not the modules.
 """
 
 from signoff.lifecycle import Principal
+from signoff.store.alerts import open_alert_incidents, resolve_alert_incidents
 from signoff.store.expiry import (
     ExpiryBatch,
     count_due_requests,
@@ -36,6 +39,16 @@ from signoff.store.incidents import (
     resolve_incident,
 )
 from signoff.store.links import create_link, find_link, live_roles, use_link
+from signoff.store.policy import (
+    PolicyLookups,
+    auto_approve_request,
+    current_pause,
+    ended_with_policy,
+    open_incident_id,
+    pause_policy,
+    precedents_of,
+    resume_policy,
+)
 from signoff.store.requests import (
     CHANGED_CHANNEL,
     WAKE_CHANNEL,
@@ -46,6 +59,7 @@ from signoff.store.requests import (
     explain_refusal,
     find_idempotent_request,
     get_request,
+    lock_incident,
     notify_changed,
     reject_request,
     report_outcome,
@@ -68,11 +82,13 @@ __all__ = [
     "TOKENS_CHANGED",
     "WAKE_CHANNEL",
     "ExpiryBatch",
+    "PolicyLookups",
     "Principal",
     "Row",
     "add_members",
     "approve_request",
     "authenticate",
+    "auto_approve_request",
     "cancel_request",
     "close_incidents",
     "count_due_requests",
@@ -80,7 +96,9 @@ __all__ = [
     "create_link",
     "create_request",
     "create_token",
+    "current_pause",
     "due_request_ids",
+    "ended_with_policy",
     "expire_due_requests",
     "explain_outcome_refusal",
     "explain_refusal",
@@ -93,15 +111,22 @@ __all__ = [
     "list_groups",
     "list_tokens",
     "live_roles",
+    "lock_incident",
     "may_decide",
     "next_deadline",
     "notify_changed",
+    "open_alert_incidents",
+    "open_incident_id",
+    "pause_policy",
     "pending_overview",
+    "precedents_of",
     "record_events",
     "reject_request",
     "remove_members",
     "report_outcome",
+    "resolve_alert_incidents",
     "resolve_incident",
+    "resume_policy",
     "revoke_tokens",
     "settle_request",
     "touch_token",

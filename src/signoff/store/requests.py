@@ -44,11 +44,13 @@ async def create_request(
     expires_at: datetime,
     idempotency_key: str | None = None,
     digest: str | None = None,
+    incident: Row | None = None,
 ) -> tuple[Row, bool]:
     """Create a pending request; with an idempotency key seen before, return that one.
 
     Returns ``(row, created)``. The incident, if any, is locked so that it cannot be
-    resolved while its new request is being written (rule 4 would miss it).
+    resolved while its new request is being written (rule 4 would miss it); a caller
+    that has locked it already (``lock_incident``) passes it as ``incident``.
     """
     if idempotency_key is not None:
         previous = await find_idempotent_request(conn, actor, idempotency_key)
@@ -57,13 +59,8 @@ async def create_request(
                 raise errors.IdempotencyMismatch()
             return previous, False
     incident_id = data.get("incident_id")
-    if incident_id is not None:
-        locked = await _LOCK_INCIDENT.first(conn, {"incident_id": incident_id})
-        if locked is None:
-            raise errors.IncidentNotFound()
-        status = locked["status"]
-        if status != IncidentStatus.OPEN:
-            raise errors.IncidentResolved(status=status)
+    if incident_id is not None and incident is None:
+        incident = await lock_incident(conn, incident_id)
     values = {
         "id": uuid.uuid4(), "incident_id": incident_id, "action": data["action"],
         "params": data.get("params") or {}, "risk": data.get("risk") or "medium",
@@ -74,7 +71,11 @@ async def create_request(
         "needs_analysis": bool(data.get("needs_analysis")),
         "next_reminder_at": data.get("next_reminder_at"),
         "approvers": data.get("approvers") or None,
+        "fingerprint": None if incident is None else incident["fingerprint"],
+        "service": None if incident is None else incident["service"],
     }
+    if data.get("policy") is not None:  # the policy's evaluation, as stored
+        values["policy"] = data["policy"]
     row = await _insert_and_wake(conn, values, idempotent=idempotency_key is not None)
     if row is None:  # a concurrent create with the same key won the insert
         assert idempotency_key is not None
@@ -135,10 +136,22 @@ _IDEMPOTENT = Prepared(sa.select(requests).where(
 # FOR KEY SHARE's stronger sibling: the incident cannot be resolved (an update of it)
 # until the new request is committed.
 _LOCK_INCIDENT = Prepared(
-    sa.select(incidents.c.status)
+    sa.select(incidents.c.status, incidents.c.severity, incidents.c.service,
+              incidents.c.fingerprint)
     .where(incidents.c.id == sa.bindparam("incident_id", type_=sa.Uuid()))
     .with_for_update(key_share=True)
 )
+
+
+async def lock_incident(conn: AsyncConnection, incident_id: uuid.UUID) -> Row:
+    """Lock an open incident for a new request (its status, severity, service and
+    fingerprint): 404 when there is none, 409 when it is resolved."""
+    locked = await _LOCK_INCIDENT.first(conn, {"incident_id": incident_id})
+    if locked is None:
+        raise errors.IncidentNotFound()
+    if locked["status"] != IncidentStatus.OPEN:
+        raise errors.IncidentResolved(status=locked["status"])
+    return locked
 
 
 async def find_idempotent_request(conn: AsyncConnection, actor: str, key: str) -> Row | None:

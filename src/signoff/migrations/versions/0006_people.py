@@ -1,7 +1,7 @@
 """who may decide: when tokens were last used, approver groups, approvers per request
 
-Revision ID: 0007
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-07 03:55:00.000000
 
 - ``tokens.last_used_at``: ``signoff token list`` and ``GET /api/v1/tokens`` show when a
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0007"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
