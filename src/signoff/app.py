@@ -32,6 +32,7 @@ from signoff.resolver import Resolver
 from signoff.scheduler import background_checks
 from signoff.service import Service
 from signoff.settings import Settings
+from signoff.web import install_console
 
 log = get_logger("signoff.app")
 # How long the background tasks have, once told to stop, to finish what they are doing.
@@ -65,10 +66,11 @@ def create_app(
     run_resolver: bool = True,
     run_notifier: bool | None = None,
     run_watchdog: bool | None = None,
+    demo: bool = False,
 ) -> FastAPI:
     """Build the app. The resolver, the delivery worker and the watchdogs run inside it
     unless ``run_resolver`` (and ``run_notifier``, ``run_watchdog``, by default the same)
-    is false."""
+    is false. With ``demo``, a simulated automation keeps asking (``signoff.demo``)."""
     notifying = run_resolver if run_notifier is None else run_notifier
     watching = run_resolver if run_watchdog is None else run_watchdog
     database = db or Database.from_settings(settings)
@@ -94,6 +96,12 @@ def create_app(
         if watching:
             scheduler = background_checks(database, settings, meters)
             tasks.append(asyncio.create_task(scheduler.run(stop), name="signoff-scheduler"))
+        # The console's live pages hear of what other replicas created (one read per server).
+        tasks.append(asyncio.create_task(service.watch_changes(stop), name="signoff-changes"))
+        if demo:
+            from signoff.demo import keep_asking
+
+            tasks.append(asyncio.create_task(keep_asking(service, stop), name="signoff-demo"))
         if database.is_postgres:  # waiters and the token cache hear of other replicas' writes
             listener = ChannelListener(
                 listen_dsn(settings.database_url), store.CHANGED_CHANNEL,
@@ -107,6 +115,7 @@ def create_app(
             yield
         finally:
             service.waiters.close()
+            service.changes.close()
             if listening is not None:
                 listening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -134,6 +143,7 @@ def create_app(
     app.include_router(router)
     app.include_router(presses_router)
     app.router.routes.append(mcp.route)  # the MCP tools, for AI agents
+    install_console(app)  # the web console, under /ui/
     app.add_middleware(BodyLimit)
     app.add_middleware(CountHTTP, counter=meters.http_requests)
 

@@ -22,6 +22,8 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors, queries, store
+from signoff.browsing import BrowsingOperations
+from signoff.changes import Changes
 from signoff.db import Database
 from signoff.doctor import Finding, run_checks
 from signoff.lifecycle import (
@@ -59,7 +61,6 @@ Page = dict[str, Any]
 log = get_logger("signoff.service")
 
 
-
 class Notifier(Protocol):
     def wake(self) -> None: ...
 
@@ -93,7 +94,7 @@ def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
     return {"items": items, "next_cursor": next_cursor}
 
 
-class Service(TokenOperations):
+class Service(TokenOperations, BrowsingOperations):
     """signoff's operations over one database. Built at the edge (the app, a CLI command);
     the app's lifespan attaches the delivery worker and the resolver it wakes."""
 
@@ -106,6 +107,7 @@ class Service(TokenOperations):
         self.notifier: Notifier | None = None
         self.resolver: Resolver | None = None
         self.waiters = Waiters()
+        self.changes = Changes()  # the console's live pages
         self._reads = BatchReader(self._readings)
         self._principals: dict[str, tuple[float, Principal]] = {}
 
@@ -140,6 +142,8 @@ class Service(TokenOperations):
         result = await self.db.run(collecting)
         if changed:
             self.waiters.wake(changed)
+        if written:
+            self.changes.publish(str(e["request_id"]) for e in written if e.get("request_id"))
         self.metrics.observe_events(written)
         # Only a transaction that queued something gives the worker work: waking it for
         # every write made it read the outbox again and again under load.
@@ -155,13 +159,16 @@ class Service(TokenOperations):
         requests changed (their waiters read again)."""
         if payload == store.TOKENS_CHANGED:
             self.forget_tokens()
+            self.changes.publish([])  # open pages read their sessions again
         else:
             self.waiters.heard(payload)
+            self.changes.publish(payload.split(","))
 
     def listening_again(self) -> None:
         """The listener is back: what was sent meanwhile was not heard."""
         self.forget_tokens()
         self.waiters.wake_all()
+        self.changes.publish([])
 
     async def _readings(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Reading]:
         """Requests as answered, with the seconds to their deadlines: one query for all."""

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     watchdog_orphan_grace: Duration = timedelta(minutes=15)
     # The daily report: HH:MM in the display time zone, or "off".
     heartbeat_at: str = "09:00"
+    # The web console: how long a sign-in lasts, and the address people open it at
+    # (https there makes its cookie Secure).
+    session_ttl: Duration = timedelta(hours=12)
+    public_url: str | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -119,7 +123,14 @@ class Settings(BaseSettings):
             raise ValueError("log format must be one of auto, json, console")
         return value
 
-    @field_validator("webhook_url", "telegram_api_base")
+    @field_validator("session_ttl")
+    @classmethod
+    def _check_session_ttl(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= value <= timedelta(days=30):
+            raise ValueError("the session TTL must be between 1m and 30d")
+        return value
+
+    @field_validator("webhook_url", "telegram_api_base", "public_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://\S+$", value.strip()):
@@ -227,6 +238,11 @@ class Settings(BaseSettings):
     def heartbeat_time(self) -> time | None:
         """When the daily report is sent, local time in ``zone`` (None: never)."""
         return parse_time_of_day(self.heartbeat_at)
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Whether the console is reached over https (its cookies are then Secure)."""
+        return (self.public_url or "").lower().startswith("https://")
 
     @property
     def telegram_enabled(self) -> bool:

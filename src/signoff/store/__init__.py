@@ -5,6 +5,7 @@ One module a concept, each using only the ones above it in this list:
 
 ``rows``       audit events, batched inserts, ``IN`` lists, the definition of a live request
 ``tokens``     API tokens, stored hashed
+``sessions``   the web console's sessions, bound to their tokens
 ``incidents``  incidents, their closing, and the knowledge entries closing writes
 ``requests``   approval requests and their transitions (approve, reject, cancel, outcome)
 ``expiry``     the resolver's claims and the reads that plan its next pass
@@ -43,6 +44,12 @@ from signoff.store.requests import (
     report_outcome,
 )
 from signoff.store.rows import EVENTS_KEY, PENDING, Row, is_live, record_events
+from signoff.store.sessions import (
+    create_session,
+    delete_session,
+    find_session,
+    token_id_of,
+)
 from signoff.store.tokens import (
     TOKENS_CHANGED,
     authenticate,
@@ -69,12 +76,15 @@ __all__ = [
     "count_due_requests",
     "create_incident",
     "create_request",
+    "create_session",
     "create_token",
+    "delete_session",
     "due_request_ids",
     "expire_due_requests",
     "explain_outcome_refusal",
     "explain_refusal",
     "find_idempotent_request",
+    "find_session",
     "get_incident",
     "get_request",
     "hash_token",
@@ -89,5 +99,6 @@ __all__ = [
     "resolve_incident",
     "revoke_tokens",
     "settle_request",
+    "token_id_of",
     "touch_token",
 ]

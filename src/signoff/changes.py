@@ -1,0 +1,75 @@
+"""Who watches for any change at all: the console's live pages.
+
+Fed by the same wake-ups as the long-poll waiters: ``Service._write`` after each commit
+that wrote audit events (a request created, decided, expired...), and ``Service.heard``
+for ``NOTIFY signoff_changed`` from other replicas. Requests created on another replica
+send no ``NOTIFY``: ``Service.watch_changes`` reads the newest audit event id once every
+few seconds, one query per server however many pages are open, and only while at least
+one is. A page open while nothing changes costs nothing: its stream sleeps on a future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+# Sent instead of ids: something changed, the watcher does not know what.
+ANYTHING = "*"
+
+
+class Subscription:
+    """One watcher's queue of changed ids, coalesced: what piled up is taken at once."""
+
+    __slots__ = ("_pending", "_ready", "closed")
+
+    def __init__(self) -> None:
+        self._pending: set[str] = set()
+        self._ready = asyncio.Event()
+        self.closed = False
+
+    def push(self, ids: Iterable[str]) -> None:
+        self._pending.update(ids)
+        self._ready.set()
+
+    async def next(self, seconds: float) -> set[str]:
+        """What changed since the last call; empty once ``seconds`` have passed."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), seconds)
+        except TimeoutError:
+            return set()
+        self._ready.clear()
+        taken, self._pending = self._pending, set()
+        return taken
+
+
+class Changes:
+    """Every watcher in this process."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription()
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+
+    def publish(self, ids: Iterable[str]) -> None:
+        if not self._subscribers:
+            return
+        found = list(ids) or [ANYTHING]
+        for sub in self._subscribers:
+            sub.push(found)
+
+    def close(self) -> None:
+        """The server is going: every stream ends now."""
+        self.closing = True
+        for sub in self._subscribers:
+            sub.closed = True
+            sub.push([])

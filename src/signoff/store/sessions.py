@@ -1,0 +1,67 @@
+"""The web console's sessions: stored hashed, read together with their token.
+
+A session belongs to the token that signed in. It is read with a join on that token, so a
+revoked token ends its sessions at the revocation's commit, on every server, with nothing
+to forget: there is no cache of sessions.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from signoff.lifecycle import Principal, Role
+from signoff.store.tokens import hash_token
+from signoff.tables import sessions, tokens
+
+
+async def create_session(
+    conn: AsyncConnection, now: datetime, token_id: uuid.UUID, ttl: timedelta
+) -> tuple[str, str]:
+    """A new session for the token; its secret (only the caller keeps it) and its CSRF
+    token. Sessions past their end are cleared on the way."""
+    await conn.execute(sessions.delete().where(sessions.c.expires_at <= now))
+    secret = secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(32)
+    await conn.execute(sessions.insert().values(
+        id=hash_token(secret), token_id=token_id, csrf=csrf, created_at=now,
+        expires_at=now + ttl,
+    ))
+    return secret, csrf
+
+
+async def find_session(
+    conn: AsyncConnection, now: datetime, secret: str
+) -> tuple[Principal, str, datetime] | None:
+    """The principal, CSRF token and end of a live session whose token is live; else None."""
+    row = (await conn.execute(
+        sa.select(tokens.c.name, tokens.c.role, sessions.c.csrf, sessions.c.expires_at)
+        .select_from(sessions.join(tokens, tokens.c.id == sessions.c.token_id))
+        .where(sessions.c.id == hash_token(secret), sessions.c.expires_at > now,
+               tokens.c.revoked_at.is_(None))
+    )).first()
+    if row is None:
+        return None
+    return Principal(name=row.name, role=Role(row.role)), row.csrf, row.expires_at
+
+
+async def delete_session(conn: AsyncConnection, secret: str) -> None:
+    await conn.execute(sessions.delete().where(sessions.c.id == hash_token(secret)))
+
+
+async def token_id_of(
+    conn: AsyncConnection, now: datetime, secret: str
+) -> tuple[Principal, uuid.UUID] | None:
+    """The live token of this secret, with its id (to bind a session to it)."""
+    digest = hash_token(secret)
+    row = (await conn.execute(
+        sa.select(tokens.c.id, tokens.c.name, tokens.c.role)
+        .where(tokens.c.token_hash == digest, tokens.c.revoked_at.is_(None))
+    )).first()
+    if row is None:
+        return None
+    return Principal(name=row.name, role=Role(row.role)), row.id
