@@ -35,7 +35,7 @@ def bar_chart(title: str, labels: Sequence[str], stacks: Sequence[Sequence[float
     n = max(len(labels), 1)
     step = (WIDTH - PAD) / n
     plot = HEIGHT - 2 * PAD
-    body = [f'<text x="2" y="{PAD - 8}" class="tick">{top:g}</text>']
+    body = [f'<text x="2" y="{PAD - 8}" class="tick">{top:.3g}</text>']
     for i, values in enumerate(stacks):
         y = float(HEIGHT - PAD)
         for j, value in enumerate(values):
@@ -59,7 +59,7 @@ def line_chart(
     n = max(len(labels), 1)
     step = (WIDTH - PAD) / n
     plot = HEIGHT - 2 * PAD
-    body = [f'<text x="2" y="{PAD - 8}" class="tick">{high:g}</text>']
+    body = [f'<text x="2" y="{PAD - 8}" class="tick">{high:.3g}</text>']
     for j, line in enumerate(lines):
         points = []
         for i, value in enumerate(line):

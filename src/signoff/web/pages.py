@@ -3,6 +3,7 @@ statistics and the watchdogs' findings. Each reads through the service."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,9 +101,10 @@ async def incident(request: Request, incident_id: str) -> Response:
     service = _service(request)
     who = session.principal
     found = await service.get_incident(who, incident_id)
-    asked = await service.list_requests(who, incident_id=found["id"], limit=100)
+    iid = uuid.UUID(found["id"])
+    asked = await service.list_requests(who, incident_id=iid, limit=100)
     events = await service.incident_events(who, incident_id, limit=200)
-    knowledge = await service.list_knowledge(who, incident_id=found["id"], limit=5)
+    knowledge = await service.list_knowledge(who, incident_id=iid, limit=5)
     return render(request, "incident.html", {
         "incident": found, "requests": asked["items"], "events": events["items"],
         "knowledge": knowledge["items"]})
