@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.acceptance.conftest import Server
 
@@ -51,3 +54,24 @@ def ask(server: Server, action: str = "restart web", ttl: int = 300, **extra: An
     assert answer.status_code == 201, answer.text
     rid: str = answer.json()["id"]
     return rid
+
+
+REQUIRE_CHROMIUM = os.environ.get("SIGNOFF_REQUIRE_CHROMIUM") == "1"
+# Chromium as the machine's package runs it headless, with every host but the server's
+# unknown, and none of its own background traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+
+
+def chromium_path() -> str:
+    """The system's Chromium; skipped without one, unless ``SIGNOFF_REQUIRE_CHROMIUM=1``."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    if REQUIRE_CHROMIUM:
+        pytest.fail("chromium is required (SIGNOFF_REQUIRE_CHROMIUM=1) but not installed")
+    pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
