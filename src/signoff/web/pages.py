@@ -17,7 +17,7 @@ from signoff.web.routing import ConsoleRoute, refusal
 from signoff.web.security import current_session
 
 router = APIRouter(prefix="/ui", route_class=ConsoleRoute, include_in_schema=False)
-PAGE = 100
+PAGE = 50
 STATS_DAYS = 14
 
 
