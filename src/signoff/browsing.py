@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
@@ -24,25 +25,26 @@ from signoff.errors import Forbidden
 from signoff.lifecycle import Disposition, Principal, Role, role_allows
 from signoff.settings import Settings
 from signoff.tables import events, incidents, requests, tokens
+from signoff.tokens import CACHE_SECONDS, CACHE_SIZE, TokenOperations
 from signoff.views import knowledge_view, request_view
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection, datetime], Awaitable[T]]
+Found = tuple[Principal, str, datetime]  # a session's principal, CSRF token and end
 # How often a server reads the newest audit event id while pages watch (see ``changes``).
 WATCH_SECONDS = 5.0
 
 
-class BrowsingOperations:
-    """Sessions, and the reads only the console needs."""
+class BrowsingOperations(TokenOperations):
+    """Sessions, and the reads only the console needs.
+
+    Like tokens, sessions seen recently are remembered for a few seconds on PostgreSQL;
+    a revoked token or a session signed out makes every server forget them at the commit
+    (``NOTIFY``, as ``revoke_tokens`` sends), so either ends at once on every replica."""
 
     settings: Settings
     changes: Changes
-
-    async def _read(self, work: Work[T]) -> T:
-        raise NotImplementedError
-
-    async def _write(self, work: Work[T]) -> T:
-        raise NotImplementedError
+    _sessions: dict[str, tuple[float, Found]]
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -61,12 +63,30 @@ class BrowsingOperations:
         result: tuple[str, str, Principal] | None = await self._write(work)
         return result
 
-    async def session(self, secret: str) -> tuple[Principal, str, datetime] | None:
+    async def session(self, secret: str) -> Found | None:
         """Who a session is (with its CSRF token and end), if it and its token are live."""
-        return await self._read(lambda conn, now: store.find_session(conn, now, secret))
+        key = store.hash_token(secret)
+        remember = self.db.is_postgres
+        hit = self._sessions.get(key) if remember else None
+        if (hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS
+                and hit[1][2] > datetime.now(hit[1][2].tzinfo)):
+            return hit[1]
+        found = await self._read(lambda conn, now: store.find_session(conn, now, secret))
+        if found is not None and remember:
+            if len(self._sessions) >= CACHE_SIZE:
+                self._sessions.clear()
+            self._sessions[key] = (time.monotonic(), found)
+        return found
 
     async def sign_out(self, secret: str) -> None:
+        """End the session, on every server at the commit."""
         await self._write(lambda conn, now: store.delete_session(conn, secret))
+        self.forget_tokens()
+
+    def forget_tokens(self) -> None:
+        """Tokens were revoked or a session ended: look each one up again."""
+        self._sessions.clear()
+        super().forget_tokens()
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -81,11 +101,10 @@ class BrowsingOperations:
                 conn, now, limit=limit, cursor=cursor)
             votes = await queries.approvals_of(
                 conn, [r["id"] for r in rows if r["approval_count"]])
-            titles = await _titles(conn, {r["incident_id"] for r in rows if r["incident_id"]})
             items = []
             for r in rows:
                 item = request_view(r, votes.get(r["id"], []), now)
-                item["incident_title"] = titles.get(r["incident_id"])
+                item["incident_title"] = r["incident_title"]
                 items.append(item)
             return {"items": items, "next_cursor": next_cursor, "total": total,
                     "now": now}
@@ -148,14 +167,6 @@ def _allow_viewer(who: Principal) -> None:
 async def _newest_event(conn: AsyncConnection) -> int:
     value = (await conn.execute(sa.select(sa.func.max(events.c.id)))).scalar()
     return int(value or 0)
-
-
-async def _titles(conn: AsyncConnection, ids: set[Any]) -> dict[Any, str]:
-    if not ids:
-        return {}
-    rows = await conn.execute(
-        sa.select(incidents.c.id, incidents.c.title).where(incidents.c.id.in_(list(ids))))
-    return {r.id: r.title for r in rows}
 
 
 def summarise_days(

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from signoff import errors
 from signoff.lifecycle import RequestStatus
 from signoff.queries import Row, decode_cursor, encode_cursor, status_filter
-from signoff.tables import knowledge, requests
+from signoff.tables import incidents, knowledge, requests
 
 PENDING = RequestStatus.PENDING.value
 
@@ -23,19 +23,26 @@ async def pending_by_deadline(
     conn: AsyncConnection, now: datetime, *, limit: int, cursor: str | None = None
 ) -> tuple[list[Row], str | None, int]:
     """Pending requests whose deadline is still ahead, soonest first (the pending
-    deadline index), the cursor of the next page and how many there are in all."""
+    deadline index), each with its incident's title (``incident_title``); the cursor of
+    the next page and how many there are in all. One query."""
     live = status_filter(RequestStatus.PENDING, now)
-    query = sa.select(requests).where(live)
+    total = sa.select(sa.func.count()).select_from(requests).where(live).correlate(None)
+    query = (
+        sa.select(requests, incidents.c.title.label("incident_title"),
+                  total.scalar_subquery().label("total"))
+        .select_from(requests.outerjoin(incidents, incidents.c.id == requests.c.incident_id))
+        .where(live)
+    )
     if cursor is not None:
         at, last_id = decode_cursor(cursor, [datetime, uuid.UUID])
         query = query.where(sa.or_(requests.c.expires_at > at,
                                    sa.and_(requests.c.expires_at == at, requests.c.id > last_id)))
     query = query.order_by(requests.c.expires_at, requests.c.id).limit(limit + 1)
     rows: list[Row] = list((await conn.execute(query)).mappings().all())
-    total = (await conn.execute(sa.select(sa.func.count()).where(live))).scalar_one()
+    count = int(rows[0]["total"]) if rows else (await conn.execute(total)).scalar_one()
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, encode_cursor(rows[-1]["expires_at"], rows[-1]["id"]) if more else None, total
+    return rows, encode_cursor(rows[-1]["expires_at"], rows[-1]["id"]) if more else None, count
 
 
 def _like(text: str) -> str:

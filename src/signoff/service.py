@@ -49,7 +49,6 @@ from signoff.schemas import (
     request_deadline,
 )
 from signoff.settings import Settings
-from signoff.tokens import TokenOperations
 from signoff.views import event_view, incident_view, knowledge_view, request_view
 from signoff.waiters import BatchReader, Reading, Waiters, changed_requests
 from signoff.watchdog import CheckResult, Thresholds, run_watchdogs
@@ -94,7 +93,7 @@ def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
     return {"items": items, "next_cursor": next_cursor}
 
 
-class Service(TokenOperations, BrowsingOperations):
+class Service(BrowsingOperations):
     """signoff's operations over one database. Built at the edge (the app, a CLI command);
     the app's lifespan attaches the delivery worker and the resolver it wakes."""
 
@@ -110,6 +109,7 @@ class Service(TokenOperations, BrowsingOperations):
         self.changes = Changes()  # the console's live pages
         self._reads = BatchReader(self._readings)
         self._principals: dict[str, tuple[float, Principal]] = {}
+        self._sessions: dict[str, tuple[float, Any]] = {}
 
     # -- the unit of work ---------------------------------------------------------------
 

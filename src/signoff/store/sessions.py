@@ -1,8 +1,8 @@
 """The web console's sessions: stored hashed, read together with their token.
 
 A session belongs to the token that signed in. It is read with a join on that token, so a
-revoked token ends its sessions at the revocation's commit, on every server, with nothing
-to forget: there is no cache of sessions.
+revoked token ends its sessions at the revocation's commit; servers that remember sessions
+for a few seconds (``signoff.browsing``) forget them at that commit too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff.lifecycle import Principal, Role
-from signoff.store.tokens import hash_token
+from signoff.store.requests import CHANGED_CHANNEL
+from signoff.store.tokens import TOKENS_CHANGED, hash_token
 from signoff.tables import sessions, tokens
 
 
@@ -50,7 +51,11 @@ async def find_session(
 
 
 async def delete_session(conn: AsyncConnection, secret: str) -> None:
+    """End a session; on PostgreSQL every server forgets the sessions it remembered, at
+    the commit (``TOKENS_CHANGED``, as a revocation)."""
     await conn.execute(sessions.delete().where(sessions.c.id == hash_token(secret)))
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.select(sa.func.pg_notify(CHANGED_CHANNEL, TOKENS_CHANGED)))
 
 
 async def token_id_of(
