@@ -3,6 +3,7 @@ sign-in limit, revoked tokens, the live stream, and secrets kept out of the log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -148,7 +149,9 @@ def test_bad_input_gets_a_readable_refusal_and_changes_nothing(
     rid = ask(server)
     csrf = csrf_of(browser.page("/ui/").text)
     huge = browser.decide(rid, "approve", comment="x" * 1_000_000, csrf=csrf)
-    assert huge.status_code in (413, 422)
+    assert huge.status_code == 422 and "20000 characters" in huge.text
+    over = browser.decide(rid, "approve", comment="x" * 1_100_000, csrf=csrf)
+    assert over.status_code == 413 and "<h1>Too large</h1>" in over.text
     odd = browser.decide(rid, "maybe", csrf=csrf)
     assert odd.status_code == 422 and "Approve or Reject" in odd.text
     for path in ("/ui/approvals/not-a-uuid", "/ui/approvals/" + "0" * 8 + "-0000-0000-0000-"
@@ -246,6 +249,65 @@ def test_the_live_stream_tells_of_a_new_request_at_once(
     assert f"data: {rid}" in got, got
     assert time.monotonic() - began < 5
     assert httpx.get(server.url + "/ui/live").status_code == 303  # not signed in
+
+
+@pytest.mark.postgres
+def test_the_live_stream_hears_of_changes_made_at_another_replica(
+    db_url_postgres: str, tmp_path: Path
+) -> None:
+    first = start_server(db_url_postgres, tmp_path / "a.log")
+    second = start_server(db_url_postgres, tmp_path / "b.log")
+    b = Browser(second)
+    try:
+        b.sign_in(second.tokens["alice"])
+        rid = ask(first)
+        got: list[str] = []
+        opened = threading.Event()
+
+        def listen() -> None:
+            with b.http.stream("GET", "/ui/live", timeout=20) as stream:
+                for line in stream.iter_lines():
+                    opened.set()
+                    got.append(line)
+                    if line == f"data: {rid}":
+                        return
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        assert opened.wait(10)
+        assert first.client("bob").post(f"/approvals/{rid}/approve", json={}).status_code == 200
+        thread.join(10)
+        assert f"data: {rid}" in got, got
+    finally:
+        b.close()
+        first.stop()
+        second.stop()
+
+
+def test_an_open_stream_does_not_hold_up_the_shutdown(tmp_path: Path) -> None:
+    server = start_server(f"sqlite:///{tmp_path}/s.db", tmp_path / "serve.log")
+    b = Browser(server)
+    try:
+        b.sign_in(server.tokens["alice"])
+        ended = threading.Event()
+
+        def listen() -> None:
+            with contextlib.suppress(httpx.HTTPError), b.http.stream(
+                    "GET", "/ui/live", timeout=30) as stream:
+                for _ in stream.iter_lines():
+                    pass
+            ended.set()
+
+        threading.Thread(target=listen, daemon=True).start()
+        time.sleep(0.5)
+        began = time.monotonic()
+        server.process.terminate()
+        assert server.process.wait(10) == 0
+        assert time.monotonic() - began < 5
+        assert ended.wait(5)
+    finally:
+        b.close()
+        server.stop()
 
 
 def test_no_token_or_session_secret_reaches_the_log(server: Server, browser: Browser) -> None:

@@ -15,9 +15,17 @@ from typing import Any
 import pytest
 
 from tests.acceptance.conftest import Server, run_signoff, start_server
-from tests.acceptance.console_support import CHROMIUM_ARGS, ask, chromium_path
+from tests.acceptance.console_support import (
+    CHROMIUM_ARGS,
+    REQUIRE_CHROMIUM,
+    ask,
+    chromium_path,
+)
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+if REQUIRE_CHROMIUM:  # CI: a missing driver fails, as a missing browser does
+    import playwright.sync_api as playwright_api
+else:
+    playwright_api = pytest.importorskip("playwright.sync_api")
 PHONE = {"width": 375, "height": 667}
 ZONE = "Asia/Taipei"
 

@@ -56,8 +56,9 @@ class SecurityHeaders:
             (b"x-frame-options", b"DENY"),
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"no-referrer"),
-            (b"cache-control", b"no-store"),
         ]
+        if not path.startswith("/ui/static/"):  # pages hold what a session may see
+            extra.append((b"cache-control", b"no-store"))
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
