@@ -143,14 +143,21 @@ class BrowsingOperations(TokenOperations):
 
         return await self._read(work)
 
+    async def newest_event(self) -> int:
+        """The id of the newest audit event (0 for none)."""
+        return await self._read(lambda conn, now: _newest_event(conn))
+
     async def watch_changes(self, stop: asyncio.Event) -> None:
         """While pages watch, tell them of audit events this server did not write or hear
-        of (requests created on another replica): one read every ``WATCH_SECONDS``."""
+        of (requests created on another replica, a token revoked from the command line):
+        one read every ``WATCH_SECONDS``, compared with the last one or with the newest
+        event a stream saw when it opened (``Changes.opened_at``), whichever is older."""
         newest: int | None = None
         while not stop.is_set():
             if len(self.changes):
-                latest = await self._read(lambda conn, now: _newest_event(conn))
-                if newest is not None and latest != newest:
+                latest = await self.newest_event()
+                since = self.changes.take_opened(newest)
+                if since is not None and latest != since:
                     self.changes.publish([ANYTHING])
                 newest = latest
             else:

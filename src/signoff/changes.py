@@ -47,6 +47,7 @@ class Changes:
 
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self._opened: int | None = None
         self.closing = False
 
     def __len__(self) -> int:
@@ -56,6 +57,18 @@ class Changes:
         sub = Subscription()
         self._subscribers.add(sub)
         return sub
+
+    def opened_at(self, event_id: int) -> None:
+        """A stream opened when ``event_id`` was the newest audit event: what comes after
+        it, from anywhere, must reach it (see ``Service.watch_changes``)."""
+        self._opened = event_id if self._opened is None else min(self._opened, event_id)
+
+    def take_opened(self, last: int | None) -> int | None:
+        """The oldest newest event to compare with: ``last`` read, or a stream's opening."""
+        opened, self._opened = self._opened, None
+        if last is None:
+            return opened
+        return last if opened is None else min(last, opened)
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)

@@ -87,3 +87,14 @@ async def test_changes_are_coalesced_and_cost_nothing_without_watchers() -> None
     assert await waiting == set() and sub.closed
     changes.unsubscribe(sub)
     assert len(changes) == 0
+
+
+def test_the_watch_compares_with_the_oldest_event_a_stream_opened_at() -> None:
+    changes = Changes()
+    assert changes.take_opened(None) is None
+    changes.opened_at(12)
+    changes.opened_at(10)
+    assert changes.take_opened(None) == 10  # a first read compares with the opening
+    assert changes.take_opened(11) == 11  # taken once
+    changes.opened_at(9)
+    assert changes.take_opened(11) == 9

@@ -36,6 +36,11 @@ async def live(request: Request) -> Response:
     if changes.closing:
         return Response(status_code=204)  # EventSource stops asking
     sub = changes.subscribe()
+    try:  # after subscribing: what commits from now on reaches it one way or the other
+        changes.opened_at(await service.newest_event())
+    except BaseException:
+        changes.unsubscribe(sub)
+        raise
 
     async def stream() -> AsyncIterator[str]:
         try:

@@ -83,6 +83,11 @@
       var ids = (e.data || "").split(",");
       if (kind === "pending" || ids.indexOf("*") >= 0 || ids.indexOf(mine) >= 0) schedule();
     });
+    source.addEventListener("error", function () {
+      // Closed for good (the session ended meanwhile, say): the page reads itself again,
+      // and goes to the sign-in form if it must.
+      if (source.readyState === EventSource.CLOSED) schedule();
+    });
     source.addEventListener("signed-out", function () {
       source.close();
       location.href = "/ui/login?next=" + encodeURIComponent(location.pathname);
