@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
@@ -26,7 +27,7 @@ from signoff.lifecycle import Disposition, Principal, Role, role_allows
 from signoff.settings import Settings
 from signoff.tables import events, incidents, requests, tokens
 from signoff.tokens import CACHE_SECONDS, CACHE_SIZE, TokenOperations
-from signoff.views import knowledge_view, request_view
+from signoff.views import event_view, incident_view, knowledge_view, request_view
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection, datetime], Awaitable[T]]
@@ -110,6 +111,24 @@ class BrowsingOperations(TokenOperations):
                     "now": now}
 
         return await self._read(work)
+
+    async def request_surroundings(
+        self, who: Principal, request: dict[str, Any], *, limit: int = 200
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], bool]:
+        """A request's incident, its first ``limit`` audit events and whether there are
+        more: one read, for the request's page."""
+        _allow_viewer(who)
+        rid = uuid.UUID(request["id"])
+        iid = None if request["incident_id"] is None else uuid.UUID(request["incident_id"])
+
+        async def work(conn: AsyncConnection, now: datetime) -> Any:
+            incident = None if iid is None else await store.get_incident(conn, iid)
+            page = await queries.list_events(conn, request_id=rid, limit=limit)
+            return incident, page
+
+        incident, page = await self._read(work)
+        return (None if incident is None else incident_view(incident),
+                [event_view(r) for r in page.rows], page.next_cursor is not None)
 
     async def search_knowledge(
         self, who: Principal, text: str, *, limit: int = 50

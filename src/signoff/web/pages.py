@@ -66,16 +66,13 @@ async def request_context(request: Request, request_id: str) -> dict[str, Any]:
     service = _service(request)
     who = session.principal
     req = await service.get_request(who, request_id)
-    incident = None
-    if req["incident_id"] is not None:
-        incident = await service.get_incident(who, req["incident_id"])
-    events = await service.request_events(who, request_id, limit=200)
+    incident, events, more = await service.request_surroundings(who, req)
     now = datetime.now(UTC)
     may_decide = (req["status"] == RequestStatus.PENDING
                   and role_allows(who.role, Role.APPROVER)
                   and req["requested_by"] != who.name)
-    return {"req": req, "incident": incident, "events": events["items"],
-            "more_events": events["next_cursor"] is not None, "may_decide": may_decide,
+    return {"req": req, "incident": incident, "events": events,
+            "more_events": more, "may_decide": may_decide,
             "seconds_left": seconds_left(req["expires_at"], now), "now": now,
             "live": "request", "live_id": req["id"],
             "voted": any(a["by"] == who.name for a in req["approvals"])}
