@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections import defaultdict
@@ -44,8 +45,15 @@ class BrowsingOperations(TokenOperations):
     (``NOTIFY``, as ``revoke_tokens`` sends), so either ends at once on every replica."""
 
     settings: Settings
-    changes: Changes
-    _sessions: dict[str, tuple[float, Found]]
+
+    @functools.cached_property
+    def changes(self) -> Changes:
+        """Who watches for changes in this process: the console's live pages."""
+        return Changes()
+
+    @functools.cached_property
+    def _sessions(self) -> dict[str, tuple[float, Found]]:
+        return {}
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -85,9 +93,11 @@ class BrowsingOperations(TokenOperations):
         self.forget_tokens()
 
     def forget_tokens(self) -> None:
-        """Tokens were revoked or a session ended: look each one up again."""
+        """Tokens were revoked or a session ended: look each one up again, and open pages
+        read their sessions again."""
         self._sessions.clear()
         super().forget_tokens()
+        self.changes.publish([])
 
     # -- reads ----------------------------------------------------------------------------
 

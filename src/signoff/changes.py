@@ -11,7 +11,8 @@ one is. A page open while nothing changes costs nothing: its stream sleeps on a 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 # Sent instead of ids: something changed, the watcher does not know what.
 ANYTHING = "*"
@@ -79,6 +80,11 @@ class Changes:
         found = list(ids) or [ANYTHING]
         for sub in self._subscribers:
             sub.push(found)
+
+    def publish_events(self, events: Sequence[dict[str, Any]]) -> None:
+        """Audit events just committed: the requests they touched (anything, if none)."""
+        if events and self._subscribers:
+            self.publish(str(e["request_id"]) for e in events if e.get("request_id"))
 
     def close(self) -> None:
         """The server is going: every stream ends now."""

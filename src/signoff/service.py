@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors, queries, store
 from signoff.browsing import BrowsingOperations
-from signoff.changes import Changes
 from signoff.db import Database
 from signoff.doctor import Finding, run_checks
 from signoff.lifecycle import (
@@ -106,10 +105,8 @@ class Service(BrowsingOperations):
         self.notifier: Notifier | None = None
         self.resolver: Resolver | None = None
         self.waiters = Waiters()
-        self.changes = Changes()  # the console's live pages
         self._reads = BatchReader(self._readings)
         self._principals: dict[str, tuple[float, Principal]] = {}
-        self._sessions: dict[str, tuple[float, Any]] = {}
 
     # -- the unit of work ---------------------------------------------------------------
 
@@ -142,8 +139,7 @@ class Service(BrowsingOperations):
         result = await self.db.run(collecting)
         if changed:
             self.waiters.wake(changed)
-        if written:
-            self.changes.publish(str(e["request_id"]) for e in written if e.get("request_id"))
+        self.changes.publish_events(written)  # the console's live pages
         self.metrics.observe_events(written)
         # Only a transaction that queued something gives the worker work: waking it for
         # every write made it read the outbox again and again under load.
@@ -159,7 +155,6 @@ class Service(BrowsingOperations):
         requests changed (their waiters read again)."""
         if payload == store.TOKENS_CHANGED:
             self.forget_tokens()
-            self.changes.publish([])  # open pages read their sessions again
         else:
             self.waiters.heard(payload)
             self.changes.publish(payload.split(","))
@@ -168,7 +163,6 @@ class Service(BrowsingOperations):
         """The listener is back: what was sent meanwhile was not heard."""
         self.forget_tokens()
         self.waiters.wake_all()
-        self.changes.publish([])
 
     async def _readings(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Reading]:
         """Requests as answered, with the seconds to their deadlines: one query for all."""
