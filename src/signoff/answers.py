@@ -68,6 +68,9 @@ class ApprovalRequest(Answer):
     outcome: Outcome | None
     needs_analysis: bool = Field(
         description="The action is a placeholder: it cannot be approved.")
+    approvers: list[str] = Field(
+        description="Who alone may decide it: principals and ``group:NAME`` entries; "
+                    "empty: any approver.")
 
 
 class RequestPage(Answer):
@@ -145,6 +148,13 @@ class KnowledgePage(Answer):
     next_cursor: str | None
 
 
+class Link(Answer):
+    """A single-use link: it signs its person in for this request alone."""
+
+    url: str = Field(description="``{SIGNOFF_PUBLIC_URL}/ui/l/{secret}``; shown only this once.")
+    expires_at: datetime = Field(description="The request's deadline: the link dies then.")
+
+
 class Token(Answer):
     """A token as an admin sees it: never its secret, nor its hash."""
 
@@ -202,6 +212,8 @@ class Finding(Answer):
     request_id: UUID | SkipJsonSchema[None] = None
     incident_id: UUID | SkipJsonSchema[None] = None
     outbox_id: int | SkipJsonSchema[None] = None
+    channel: str | SkipJsonSchema[None] = Field(
+        default=None, description="The chat a card is missing from (W-2, W-5).")
     detail: str
 
 

@@ -21,6 +21,7 @@ from signoff.answers import (
     Incident,
     IncidentPage,
     KnowledgePage,
+    Link,
     RequestPage,
     Stats,
     TokenList,
@@ -40,6 +41,7 @@ from signoff.schemas import (
     DecisionIn,
     FilterText,
     IncidentIn,
+    LinkIn,
     OutcomeIn,
     RequestIn,
     ResolveIn,
@@ -227,6 +229,20 @@ async def cancel(request_id: str, request: Request) -> dict[str, Any]:
     """Withdraw a pending request; only its requester may."""
     who = await authorize(request, Role.REQUESTER)
     return await _service(request).cancel(who, request_id)
+
+
+@router.post("/approvals/{request_id}/links", status_code=201, tags=["approvals"],
+             **documented(Link, 401, 403, 404, 409, 413, 422, 503, status=201,
+                          said="The link: give it to that person alone.", body=LinkIn,
+                          notes={403: "Not the request's requester, nor an admin.",
+                                 422: "Not a person who may decide the request."}))
+async def create_link(request_id: str, request: Request) -> dict[str, Any]:
+    """A single-use link for one approver to decide this request (the requester or an admin)."""
+    who = await authorize(request, Role.REQUESTER)
+    body = await read_body(request, LinkIn)
+    principal = body if isinstance(body, errors.InvalidInput) else body.for_
+    return await _service(request).create_link(who, request_id, principal,
+                                               base_url=str(request.base_url))
 
 
 @router.post("/approvals/{request_id}/outcome", tags=["approvals"], **documented(

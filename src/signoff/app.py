@@ -26,6 +26,7 @@ from signoff.mcp.served import McpEndpoint
 from signoff.metrics import Metrics
 from signoff.notify.channels import build_senders, http_client
 from signoff.notify.presses import router as presses_router
+from signoff.notify.slack_presses import router as slack_router
 from signoff.notify.worker import Notifier
 from signoff.openapi import documented, install_docs_pages, install_openapi
 from signoff.resolver import Resolver
@@ -142,6 +143,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(presses_router)
+    app.include_router(slack_router)
     app.router.routes.append(mcp.route)  # the MCP tools, for AI agents
     install_console(app)  # the web console, under /ui/
     app.add_middleware(BodyLimit)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from signoff.cli_client import add_client_commands
-from signoff.cli_people import token_app
+from signoff.cli_people import group_app, link_app, token_app
 from signoff.cli_support import (
     Options,
     err,
@@ -32,6 +32,8 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+app.add_typer(group_app, name="group")
+app.add_typer(link_app, name="link")
 add_client_commands(app)
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from signoff.clock import DatabaseClock
 from signoff.errors import DatabaseMissing
 from signoff.notify.outbox import OPTION as OUTBOX_OPTION
-from signoff.notify.outbox import Routing
+from signoff.notify.outbox import Channel, Routing
 from signoff.settings import Settings
 
 T = TypeVar("T")
@@ -182,7 +182,8 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Database:
         routing = Routing(
-            webhook=settings.webhook_url is not None, telegram=settings.telegram_enabled
+            webhook=settings.webhook_url is not None,
+            cards=tuple(Channel(name) for name in settings.card_channels),
         )
         return cls(create_engine(settings), clock, routing)
 

@@ -34,6 +34,12 @@ class Forbidden(SignoffError):
     http_status = 403
 
 
+class NotAnApprover(Forbidden):
+    """Only the request's approvers may decide it, and you are not one of them."""
+
+    code = "not_an_approver"
+
+
 class NotFound(SignoffError):
     """Not found."""
 
@@ -51,6 +57,17 @@ class IncidentNotFound(NotFound):
 
 class TokenNotFound(NotFound):
     """No live token has that name."""
+
+
+class LinkNotFound(NotFound):
+    """No link has that address."""
+
+
+class LinkGone(SignoffError):
+    """This link no longer works."""
+
+    code = "link_gone"
+    http_status = 410
 
 
 class Conflict(SignoffError):

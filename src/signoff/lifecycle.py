@@ -81,6 +81,8 @@ class EventKind(StrEnum):
     INCIDENT_OPENED = "incident_opened"
     INCIDENT_RESOLVED = "incident_resolved"
     TOKEN_REVOKED = "token_revoked"
+    GROUP_MEMBERS_ADDED = "group_members_added"
+    GROUP_MEMBERS_REMOVED = "group_members_removed"
 
 
 # Principals that are not tokens: who "decided" when nobody did.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
@@ -98,6 +99,13 @@ class ResolveIn(Body):
     note: Text | None = None
 
 
+class LinkIn(Body):
+    """A single-use link for this person (``for``: a principal's name)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    for_: Annotated[StrictStr, Field(alias="for", min_length=1, max_length=200), Storable]
+
+
 class RequestIn(Body):
     incident_id: UUID | None = None
     action: Annotated[StrictStr, Field(max_length=MAX_ACTION), Storable]
@@ -108,6 +116,34 @@ class RequestIn(Body):
     expires_at: Annotated[AwareDatetime, AfterValidator(utc_instant)] | None = None
     required_approvals: StrictInt = Field(default=1, ge=1, le=MAX_REQUIRED_APPROVALS)
     callback_url: Url | None = None
+    # Who alone may decide: names and "group:NAME" entries; none or empty: any approver.
+    approvers: Approvers | None = None
+
+
+MAX_APPROVERS = 50
+GROUP_PREFIX = "group:"
+GROUP_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+def _approver(entry: str) -> str:
+    if entry.startswith(GROUP_PREFIX):
+        name = entry[len(GROUP_PREFIX):]
+        if not re.fullmatch(GROUP_NAME, name):
+            raise ValueError(f"{entry!r}: a group name is 1 to 64 lowercase letters, digits, "
+                             "'-' or '_', starting with a letter or digit")
+    elif not entry.strip():
+        raise ValueError("an approver's name must not be blank")
+    return entry
+
+
+def _distinct(entries: list[str]) -> list[str]:
+    return list(dict.fromkeys(entries))
+
+
+Approver = Annotated[StrictStr, Field(min_length=1, max_length=200), Storable,
+                     AfterValidator(_approver)]
+Approvers = Annotated[list[Approver], Field(max_length=MAX_APPROVERS),
+                      AfterValidator(_distinct)]
 
 
 class DecisionIn(Body):

@@ -25,6 +25,7 @@ from signoff import errors, queries, store
 from signoff.browsing import BrowsingOperations
 from signoff.db import Database
 from signoff.doctor import Finding, run_checks
+from signoff.groups import GroupOperations
 from signoff.lifecycle import (
     IncidentStatus,
     Principal,
@@ -33,6 +34,7 @@ from signoff.lifecycle import (
     Role,
     role_allows,
 )
+from signoff.links import LinkOperations
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
 from signoff.notify.outbox import ADDED_KEY as OUTBOX_ADDED
@@ -92,7 +94,7 @@ def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
     return {"items": items, "next_cursor": next_cursor}
 
 
-class Service(BrowsingOperations):
+class Service(BrowsingOperations, GroupOperations, LinkOperations):
     """signoff's operations over one database. Built at the edge (the app, a CLI command);
     the app's lifespan attaches the delivery worker and the resolver it wakes."""
 
@@ -252,6 +254,9 @@ class Service(BrowsingOperations):
                 body, now, default_ttl=settings.default_ttl, max_ttl=settings.max_ttl)
             if body.callback_url is not None:  # by its text: no DNS while creating
                 self.callbacks.check_url(body.callback_url)
+            unknown = await store.unknown_groups(conn, body.approvers or [])
+            if unknown:
+                raise errors.InvalidInput(f"approvers: no such group: {', '.join(unknown)}")
             data = {
                 **body.model_dump(),
                 "needs_analysis": settings.is_placeholder(body.action),
@@ -345,8 +350,9 @@ class Service(BrowsingOperations):
 
     async def _decide(
         self, who: Principal, request_id: Id, body: DecisionIn | errors.InvalidInput,
-        *, approving: bool, via: str,
+        *, approving: bool, via: str, link: uuid.UUID | None = None,
     ) -> Page:
+        """A decision; through a single-use ``link``, which it uses up in its transaction."""
         _allow(who, Role.APPROVER)
         transition = store.approve_request if approving else store.reject_request
 
@@ -358,6 +364,8 @@ class Service(BrowsingOperations):
                 raise refusal
 
         async def act(conn: AsyncConnection, now: datetime, rid: uuid.UUID, parsed: Any) -> Any:
+            if link is not None and not await store.use_link(conn, now, link):
+                raise errors.LinkGone("this link has been used or has run out")
             return await transition(conn, now, rid, actor=who.name, comment=parsed.comment)
 
         out = await self._transition(request_id, body, check, act,

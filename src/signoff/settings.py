@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     # Notifications (all optional: a channel is on when its settings are given).
     placeholder_actions: str = "NO_ACTION,TBD,pending analysis,待分析"
     notify_max_attempts: int = Field(default=8, ge=1, le=100)
+    # Where people reach this server: links and the chat cards' Open buttons start here.
+    public_url: str | None = None
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     telegram_bot_token: SecretStr | None = None
@@ -67,6 +69,11 @@ class Settings(BaseSettings):
     telegram_api_base: str = "https://api.telegram.org"
     telegram_webhook_secret: SecretStr | None = None
     telegram_approvers: str = ""
+    slack_bot_token: SecretStr | None = None
+    slack_channel: str | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_approvers: str = ""
+    slack_api_base: str = "https://slack.com/api"
     reminder_fractions: str = "0.5,0.9"
     # Where requesters' callbacks may go besides public addresses (``signoff.destinations``):
     # comma-separated in the environment.
@@ -79,10 +86,9 @@ class Settings(BaseSettings):
     watchdog_orphan_grace: Duration = timedelta(minutes=15)
     # The daily report: HH:MM in the display time zone, or "off".
     heartbeat_at: str = "09:00"
-    # The web console: how long a sign-in lasts, and the address people open it at
-    # (https there makes its cookie Secure).
+    # The web console: how long a sign-in lasts (``public_url`` on https makes its
+    # cookies Secure).
     session_ttl: Duration = timedelta(hours=12)
-    public_url: str | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -130,7 +136,7 @@ class Settings(BaseSettings):
             raise ValueError("the session TTL must be between 1m and 30d")
         return value
 
-    @field_validator("webhook_url", "telegram_api_base", "public_url")
+    @field_validator("webhook_url", "telegram_api_base", "slack_api_base", "public_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://\S+$", value.strip()):
@@ -141,6 +147,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_approvers(cls, value: str) -> str:
         parse_approvers(value)
+        return value
+
+    @field_validator("slack_approvers")
+    @classmethod
+    def _check_slack_approvers(cls, value: str) -> str:
+        parse_slack_approvers(value)
         return value
 
     @field_validator("reminder_fractions")
@@ -167,6 +179,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "Telegram needs both SIGNOFF_TELEGRAM_BOT_TOKEN and SIGNOFF_TELEGRAM_CHAT_ID"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_slack(self) -> Settings:
+        if (self.slack_bot_token is None) != (self.slack_channel is None):
+            raise ValueError("Slack needs both SIGNOFF_SLACK_BOT_TOKEN and SIGNOFF_SLACK_CHANNEL")
         return self
 
     @model_validator(mode="after")
@@ -245,8 +263,23 @@ class Settings(BaseSettings):
         return (self.public_url or "").lower().startswith("https://")
 
     @property
+    def slack_users(self) -> dict[str, str]:
+        """Slack user id → the approver name a press by that user decides as."""
+        return parse_slack_approvers(self.slack_approvers)
+
+    @property
     def telegram_enabled(self) -> bool:
         return self.telegram_bot_token is not None and self.telegram_chat_id is not None
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None and self.slack_channel is not None
+
+    @property
+    def card_channels(self) -> tuple[str, ...]:
+        """The chats that get a card per request: ``telegram``, ``slack``, both or none."""
+        return tuple(name for name, on in (("telegram", self.telegram_enabled),
+                                           ("slack", self.slack_enabled)) if on)
 
 
 def parse_approvers(value: str) -> dict[int, str]:
@@ -259,6 +292,20 @@ def parse_approvers(value: str) -> dict[int, str]:
         if not sep or not user.strip().lstrip("-").isdigit() or not name.strip():
             raise ValueError(f"{item.strip()!r} is not telegram_user_id=approver_name")
         mapping[int(user.strip())] = name.strip()
+    return mapping
+
+
+def parse_slack_approvers(value: str) -> dict[str, str]:
+    """``slack_user_id=approver_name,...`` (``U0123ABC=alice``) → a mapping."""
+    mapping: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        user, sep, name = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Z0-9]+", user.strip()) or not name.strip():
+            raise ValueError(f"{item.strip()!r} is not slack_user_id=approver_name "
+                             "(a Slack user id is like U0123ABCD)")
+        mapping[user.strip()] = name.strip()
     return mapping
 
 

@@ -53,6 +53,9 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# JSON whose Python None is SQL NULL (not the JSON text ``null``): "none given".
+NullableJSON = sa.JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql")
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 tokens = sa.Table(
@@ -143,6 +146,8 @@ requests = sa.Table(
     sa.Column("needs_analysis", sa.Boolean(), nullable=False, server_default=sa.false()),
     # When the next reminder falls due; NULL once every reminder has been issued.
     sa.Column("next_reminder_at", UTCDateTime(), nullable=True),
+    # Who alone may decide it: principals and "group:NAME" entries; NULL: any approver.
+    sa.Column("approvers", NullableJSON, nullable=True),
     sa.CheckConstraint("required_approvals >= 1", name="required_approvals_positive"),
     # The resolver's only read path: pending requests by deadline.
     sa.Index(
@@ -176,6 +181,45 @@ requests = sa.Table(
     sa.Index(None, "created_at", "id"),
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "decided_at"),
+)
+
+# Approver groups: who is in which. A member removed is kept, with when and by whom.
+group_members = sa.Table(
+    "group_members",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("group_name", sa.String(64), nullable=False),
+    sa.Column("member", sa.String(200), nullable=False),
+    sa.Column("added_at", UTCDateTime(), nullable=False),
+    sa.Column("added_by", sa.Text(), nullable=False),
+    sa.Column("removed_at", UTCDateTime(), nullable=True),
+    sa.Column("removed_by", sa.Text(), nullable=True),
+    # One current membership per person and group; the removed ones are history.
+    sa.Index(
+        "uq_group_members_current", "group_name", "member", unique=True,
+        postgresql_where=sa.text("removed_at IS NULL"),
+        sqlite_where=sa.text("removed_at IS NULL"),
+    ),
+    sa.Index(
+        "ix_group_members_member_current", "member",
+        postgresql_where=sa.text("removed_at IS NULL"),
+        sqlite_where=sa.text("removed_at IS NULL"),
+    ),
+)
+
+# Single-use links: one request, one approver, the secret stored hashed.
+links = sa.Table(
+    "links",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("request_id", sa.Uuid(), sa.ForeignKey("approval_requests.id"), nullable=False),
+    sa.Column("principal", sa.String(200), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("created_by", sa.Text(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("used_at", UTCDateTime(), nullable=True),
+    sa.Index(None, "request_id"),
 )
 
 approvals = sa.Table(

@@ -51,6 +51,7 @@ def request_view(row: Row, approvals: Sequence[Row], now: datetime) -> dict[str,
         "decided_at": iso(row["decided_at"]),
         "outcome": outcome_view(row),
         "needs_analysis": bool(row["needs_analysis"]),
+        "approvers": list(row["approvers"] or []),
     }
 
 

@@ -6,7 +6,7 @@ see the same findings, and a finding clears itself once the database says it is 
 
 =====  ===============================================================================
 W-1    the resolver is stalled: a request is overdue by more than three backstops
-W-2    a pending request older than the grace has no delivered card (Telegram only)
+W-2    a pending request older than the grace has no delivered card in a chat (Telegram, Slack)
 W-3    an approved request has no outcome reported after the limit
 W-4    a notification was given up on (``dead``) within the window
 W-5    a placeholder action (``needs_analysis``) older than the grace has no delivered card
@@ -30,7 +30,7 @@ from signoff.db import Database
 from signoff.lifecycle import IncidentStatus, RequestStatus
 from signoff.logs import get_logger
 from signoff.metrics import Metrics
-from signoff.notify.outbox import CARD, Channel, ItemStatus
+from signoff.notify.outbox import CARD, ItemStatus
 from signoff.settings import Settings
 from signoff.store import is_live
 from signoff.tables import cards, incidents, outbox, requests
@@ -51,7 +51,7 @@ class Thresholds:
     outcome_limit: timedelta
     dead_window: timedelta
     orphan_grace: timedelta
-    cards_on: bool
+    card_channels: tuple[str, ...]  # the chats that show cards (W-2 applies with one)
     zone: ZoneInfo  # times in findings are shown in it
 
     @classmethod
@@ -62,7 +62,7 @@ class Thresholds:
             outcome_limit=settings.watchdog_outcome_limit,
             dead_window=settings.watchdog_dead_window,
             orphan_grace=settings.watchdog_orphan_grace,
-            cards_on=settings.telegram_enabled,
+            card_channels=settings.card_channels,
             zone=settings.zone,
         )
 
@@ -116,22 +116,43 @@ def _stalled_detail(row: Row, now: datetime, t: Thresholds) -> str:
             f"({deadline:%Y-%m-%d %H:%M:%S %Z}): is any resolver running?")
 
 
-def _uncarded(now: datetime, t: Thresholds, *, placeholders: bool) -> sa.Select[Any]:
-    card = sa.select(cards.c.request_id).where(cards.c.request_id == requests.c.id)
-    where = [requests.c.status == PENDING, requests.c.created_at < now - t.notify_grace,
-             ~sa.exists(card)]
+def _uncarded(
+    now: datetime, t: Thresholds, *, placeholders: bool
+) -> sa.Select[Any]:
+    """Pending requests past the grace with no card: in each chat that shows cards, or,
+    with none, anywhere."""
+    where = [requests.c.status == PENDING, requests.c.created_at < now - t.notify_grace]
     if placeholders:
         where.append(requests.c.needs_analysis.is_(True))
-    # The card's outbox item, if any (its dedupe key makes it one per request): why the
-    # card is not delivered.
-    item = sa.and_(outbox.c.request_id == requests.c.id,
-                   outbox.c.channel == Channel.TELEGRAM.value, outbox.c.event == CARD)
+    if not t.card_channels:
+        card = sa.select(cards.c.request_id).where(cards.c.request_id == requests.c.id)
+        return (
+            sa.select(requests.c.id.label("request_id"), requests.c.created_at,
+                      requests.c.action, sa.null().label("channel"),
+                      sa.null().label("card_status"), sa.null().label("card_error"))
+            .where(*where, ~sa.exists(card))
+            .order_by(requests.c.created_at)
+        )
+    per_chat = [_uncarded_in(channel, where) for channel in t.card_channels]
+    if len(per_chat) == 1:
+        return per_chat[0].order_by(requests.c.created_at)
+    every = sa.union_all(*per_chat).subquery("uncarded")
+    return sa.select(every).order_by(every.c.created_at, every.c.channel)
+
+
+def _uncarded_in(channel: str, where: list[sa.ColumnElement[bool]]) -> sa.Select[Any]:
+    card = sa.select(cards.c.request_id).where(cards.c.request_id == requests.c.id,
+                                               cards.c.channel == channel)
+    # The card's outbox item, if any (its dedupe key makes it one per request and chat):
+    # why the card is not delivered.
+    item = sa.and_(outbox.c.request_id == requests.c.id, outbox.c.channel == channel,
+                   outbox.c.event == CARD)
     return (
         sa.select(requests.c.id.label("request_id"), requests.c.created_at, requests.c.action,
+                  sa.literal(channel, sa.String()).label("channel"),
                   outbox.c.status.label("card_status"), outbox.c.last_error.label("card_error"))
         .select_from(requests.outerjoin(outbox, item))
-        .where(*where)
-        .order_by(requests.c.created_at)
+        .where(*where, ~sa.exists(card))
     )
 
 
@@ -142,7 +163,8 @@ def _uncarded_detail(row: Row, now: datetime, t: Thresholds) -> str:
         why = f"its card is {row['card_status']}"
         if row["card_error"]:
             why += f", last error: {row['card_error']}"
-    return f"pending for {_ago(now, row['created_at'])} with no card delivered; {why}"
+    where = f" in {row['channel'].capitalize()}" if row["channel"] else ""
+    return f"pending for {_ago(now, row['created_at'])} with no card delivered{where}; {why}"
 
 
 def _no_outcome(now: datetime, t: Thresholds) -> sa.Select[Any]:
@@ -217,7 +239,7 @@ CHECKS: tuple[Check, ...] = (
     Check("W-2", "pending request with no delivered card",
           lambda now, t: _uncarded(now, t, placeholders=False), _uncarded_detail,
           lambda t: f"pending longer than {_span(t.notify_grace)} without a card",
-          applies=lambda t: t.cards_on),
+          applies=lambda t: bool(t.card_channels)),
     Check("W-3", "approved request with no outcome", _no_outcome, _no_outcome_detail,
           lambda t: f"approved longer than {_span(t.outcome_limit)} ago"),
     Check("W-4", "dead notifications", _dead, _dead_detail,
@@ -233,7 +255,7 @@ IDS = tuple(c.id for c in CHECKS)
 
 def _finding(check: Check, row: Row, now: datetime, thresholds: Thresholds) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    for key in ("request_id", "incident_id", "outbox_id"):
+    for key in ("request_id", "incident_id", "outbox_id", "channel"):
         if row.get(key) is not None:
             found[key] = row[key] if isinstance(row[key], int) else str(row[key])
     found["detail"] = check.detail(row, now, thresholds)

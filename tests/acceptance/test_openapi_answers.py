@@ -8,6 +8,7 @@ down, the rare 409 of a fingerprint race) is driven in process, in
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from signoff.notify.slack_presses import sign
 from tests.acceptance.conftest import Server, start_server
 from tests.acceptance.openapi_support import Conformance, documented_statuses
 
@@ -36,13 +38,25 @@ APPROVE = "/api/v1/approvals/{request_id}/approve"
 REJECT = "/api/v1/approvals/{request_id}/reject"
 CANCEL = "/api/v1/approvals/{request_id}/cancel"
 OUTCOME = "/api/v1/approvals/{request_id}/outcome"
+LINKS = "/api/v1/approvals/{request_id}/links"
+TOKENS = "/api/v1/tokens"
 WEBHOOK = "/api/v1/telegram/webhook"
+SLACK = "/api/v1/slack/interactions"
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def slack_signed(body: bytes) -> dict[str, str]:
+    """Headers as Slack signs ``body`` with the signing secret, now."""
+    timestamp = str(int(time.time()))
+    return {**FORM, "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": sign(SECRET, timestamp, body)}
 
 
 @pytest.fixture
 def docs_server(database_url: str, tmp_path: Path) -> Iterator[Server]:
     server = start_server(database_url, tmp_path / "serve.log",
-                          SIGNOFF_TELEGRAM_WEBHOOK_SECRET=SECRET)
+                          SIGNOFF_TELEGRAM_WEBHOOK_SECRET=SECRET,
+                          SIGNOFF_SLACK_SIGNING_SECRET=SECRET)
     try:
         yield server
     finally:
@@ -102,6 +116,8 @@ def drive(call: Caller) -> None:
     call("viewer", "GET", APPROVAL, 200, {"request_id": pending}, query={"wait": "0.1"})
     call("viewer", "GET", APPROVAL, 422, {"request_id": pending}, query={"wait": "61"})
     call("viewer", "GET", APPROVAL_EVENTS, 200, {"request_id": pending})
+    call("bot", "POST", LINKS, 201, {"request_id": pending}, json={"for": "alice"})
+    call("root", "GET", TOKENS, 200)
     approved = call("bot", "POST", APPROVALS, 201, json={"action": "a"}).json()["id"]
     call("alice", "POST", APPROVE, 200, {"request_id": approved}, json={"comment": "go"})
     call("bot", "POST", OUTCOME, 200, {"request_id": approved},
@@ -118,6 +134,8 @@ def drive(call: Caller) -> None:
     call(None, "GET", "/metrics", 200)
     call(None, "POST", WEBHOOK, 200, json={"update_id": 1},
          headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+    not_a_press = b'payload=%7B%22type%22%3A%22shortcut%22%7D'
+    call(None, "POST", SLACK, 200, content=not_a_press, headers=slack_signed(not_a_press))
 
     refuse(call, iid=iid, pending=pending, approved=approved, rejected=rejected)
 
@@ -131,12 +149,14 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
         ("POST", APPROVE, {"request_id": pending}), ("POST", REJECT, {"request_id": pending}),
         ("POST", CANCEL, {"request_id": pending}), ("POST", OUTCOME, {"request_id": approved}),
         ("GET", "/api/v1/knowledge", {}), ("GET", "/api/v1/stats", {}),
-        ("GET", "/api/v1/watchdog", {}),
+        ("GET", "/api/v1/watchdog", {}), ("POST", LINKS, {"request_id": pending}),
+        ("GET", TOKENS, {}),
     ]
     # 401: no token (the webhook: no secret).
     for method, template, ids in every:
         call(None, method, template, 401, ids)
     call(None, "POST", WEBHOOK, 401, json={})
+    call(None, "POST", SLACK, 401, content=b"payload=%7B%7D", headers=FORM)
 
     # 403: a role that may not.
     call("viewer", "POST", INCIDENTS, 403, json={})
@@ -146,10 +166,12 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("bot", "POST", REJECT, 403, {"request_id": pending})
     call("viewer", "POST", CANCEL, 403, {"request_id": pending})
     call("viewer", "POST", OUTCOME, 403, {"request_id": approved})
+    call("bot2", "POST", LINKS, 403, {"request_id": pending}, json={"for": "alice"})
+    call("viewer", "GET", TOKENS, 403)
 
     # 404: nothing has that id.
     deciders = {RESOLVE: "alice", APPROVE: "alice", REJECT: "alice", CANCEL: "bot",
-                OUTCOME: "bot"}
+                OUTCOME: "bot", LINKS: "bot"}
     for method, template, ids in every:
         if ids:
             unknown = dict.fromkeys(ids, UNKNOWN)
@@ -163,12 +185,14 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("alice", "POST", REJECT, 409, {"request_id": approved})
     call("bot", "POST", CANCEL, 409, {"request_id": rejected})
     call("bot", "POST", OUTCOME, 409, {"request_id": approved}, json={"succeeded": True})
+    call("bot", "POST", LINKS, 409, {"request_id": rejected}, json={"for": "alice"})
 
     # 413: a body over 1 MiB.
     for method, template, ids in every:
         if method == "POST":
             call("root", method, template, 413, ids, content=TOO_LARGE, headers=JSON)
     call(None, "POST", WEBHOOK, 413, content=TOO_LARGE, headers=JSON)
+    call(None, "POST", SLACK, 413, content=TOO_LARGE, headers=FORM)
 
     # 422: bad content.
     call("bot", "POST", INCIDENTS, 422, json={"title": "t"})
@@ -182,6 +206,7 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     waiting = {"request_id": call("bot", "POST", APPROVALS, 201, json={"action": "e"}).json()["id"]}
     call("alice", "POST", APPROVE, 422, waiting, json={"comment": 1})
     call("alice", "POST", REJECT, 422, waiting, json={"comment": 1})
+    call("bot", "POST", LINKS, 422, waiting, json={"for": "viewer"})
     reported = call("bot", "POST", APPROVALS, 201, json={"action": "d"}).json()["id"]
     call("alice", "POST", APPROVE, 200, {"request_id": reported})
     call("bot", "POST", OUTCOME, 422, {"request_id": reported}, json={"succeeded": "yes"})
@@ -189,6 +214,7 @@ def refuse(call: Caller, *, iid: str, pending: str, approved: str, rejected: str
     call("viewer", "GET", "/api/v1/stats", 422, query={"since": "yesterday"})
     call(None, "POST", WEBHOOK, 422, content=b"{", headers={
         **JSON, "X-Telegram-Bot-Api-Secret-Token": SECRET})
+    call(None, "POST", SLACK, 422, content=b"payload=%7B", headers=slack_signed(b"payload=%7B"))
 
 
 def _open_incident(call: Caller) -> str:

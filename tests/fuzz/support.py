@@ -96,6 +96,8 @@ def _resolver_did(table: str, old: dict[str, Any] | None, new: dict[str, Any] | 
         return bool(new["actor"] == "timeout")
     if table == "knowledge_entries" and old is None and new is not None:
         return bool(new["resolution_type"] == "timeout")
+    if table == "tokens" and old is not None and new is not None:  # a token's use, noted
+        return all(new[k] == v for k, v in old.items() if k != "last_used_at")
     return False
 
 

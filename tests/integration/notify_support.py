@@ -154,3 +154,85 @@ def serving(recorder: Recorder, tls: ssl.SSLContext | None = None) -> Iterator[R
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+class FakeSlackApi(Recorder):
+    """Speaks the Slack Web API's shapes at ``/api/{method}`` (chat.postMessage,
+    chat.update), and takes the replies posted to a press's ``response_url`` at
+    ``/response/...``. ``down`` answers every API call with it (500, 429, ``ok: false``, a
+    hang); ``reply_hang`` makes the ``response_url`` slow to answer."""
+
+    CHANNEL_ID = "C0SIGNOFF"
+    CHANNEL_NAME = "#ops"
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+        self.down: Answer | None = None
+        self.reply_hang = 0.0
+        self.messages: dict[str, dict[str, Any]] = {}  # by ts, thread replies too
+        self.replies: list[dict[str, Any]] = []  # what response_urls were sent
+        self._count = 0
+
+    @property
+    def api_base(self) -> str:
+        return self.url + "/api"
+
+    def response_url(self, name: str = "press") -> str:
+        return f"{self.url}/response/{name}"
+
+    def respond(self, call: Call) -> Answer:
+        if call.path.startswith("/response/"):
+            self.replies.append(call.json)
+            return Answer(body={"ok": True}, hang=self.reply_hang)
+        if self.down is not None:
+            return self.down
+        if call.headers.get("authorization") != f"Bearer {self.token}":
+            return Answer(body={"ok": False, "error": "invalid_auth"})
+        params, method = call.json, call.method
+        if method == "chat.postMessage":
+            if params.get("channel") not in (self.CHANNEL_NAME, self.CHANNEL_ID):
+                return Answer(body={"ok": False, "error": "channel_not_found"})
+            self._count += 1
+            ts = f"{1767268800 + self._count}.{self._count * 7:06d}"
+            message = {"ts": ts, "channel": self.CHANNEL_ID, "text": params.get("text"),
+                       "blocks": params.get("blocks"), "thread_ts": params.get("thread_ts")}
+            self.messages[ts] = message
+            return Answer(body={"ok": True, "channel": self.CHANNEL_ID, "ts": ts,
+                                "message": message})
+        if method == "chat.update":
+            message = self.messages.get(params.get("ts", ""))
+            if message is None or params.get("channel") != self.CHANNEL_ID:
+                return Answer(body={"ok": False, "error": "message_not_found"})
+            message.update(text=params.get("text"), blocks=params.get("blocks"))
+            return Answer(body={"ok": True, "channel": self.CHANNEL_ID, "ts": message["ts"],
+                                "text": message["text"]})
+        return Answer(body={"ok": False, "error": "unknown_method"})
+
+    def of(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def cards(self) -> list[dict[str, Any]]:
+        """The messages that are not thread replies, oldest first."""
+        return [m for m in self.messages.values() if m["thread_ts"] is None]
+
+    def card_of(self, request_id: str) -> dict[str, Any]:
+        [card] = [m for m in self.cards() if request_id in shown(m)]
+        return card
+
+
+def shown(message: dict[str, Any]) -> str:
+    """All the text a Slack message shows: its blocks' texts, fields and context."""
+    parts = [message.get("text") or ""]
+    for block in message.get("blocks") or []:
+        for item in [block.get("text"), *block.get("fields", []), *block.get("elements", [])]:
+            if isinstance(item, dict):
+                text = item.get("text")
+                parts.append(text["text"] if isinstance(text, dict) else str(text or ""))
+    return "\n".join(parts)
+
+
+def buttons(message: dict[str, Any]) -> list[tuple[str, str]]:
+    """A Slack message's buttons: (action_id, value) each."""
+    return [(e["action_id"], e["value"]) for block in message.get("blocks") or []
+            if block["type"] == "actions" for e in block["elements"]]

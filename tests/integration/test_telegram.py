@@ -175,6 +175,17 @@ async def test_unmapped_late_and_repeated_presses_are_answered_and_change_nothin
     assert answers[4] == "This request does not exist."
 
 
+async def test_a_press_by_someone_the_request_does_not_name_changes_nothing(rig: Rig) -> None:
+    request = await rig.ask(approvers=["alice"])
+    await rig.press(BOB, f"approve:{request['id']}")
+    await rig.press(BOB, f"reject:{request['id']}")
+    untouched = await rig.get(request["id"])
+    assert untouched["status"] == "pending" and untouched["approvals"] == []
+    assert rig.answers() == ["Only the request's approvers may decide it; nothing changed."] * 2
+    await rig.press(ALICE, f"approve:{request['id']}")
+    assert (await rig.get(request["id"]))["decided_by"] == "alice"
+
+
 async def test_a_placeholder_gets_no_approve_button_and_cannot_be_approved(rig: Rig) -> None:
     request = await rig.ask(action="TBD")
     await rig.deliver()

@@ -13,7 +13,8 @@ import pytest
 from signoff.app import create_app
 from signoff.settings import Settings
 
-OPEN = {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/api/v1/telegram/webhook")}
+OPEN = {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/api/v1/telegram/webhook"),
+        ("POST", "/api/v1/slack/interactions")}
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 REQUEST_FIELDS = {
     "id", "incident_id", "action", "params", "risk", "rationale", "requested_by", "status",
     "disposition", "required_approvals", "approvals", "decided_by", "decision_comment",
-    "created_at", "expires_at", "decided_at", "outcome", "needs_analysis",
+    "created_at", "expires_at", "decided_at", "outcome", "needs_analysis", "approvers",
 }
 INCIDENT_FIELDS = {
     "id", "fingerprint", "source", "title", "severity", "service", "labels", "description",
@@ -37,6 +37,7 @@ def request_row(**changes: Any) -> dict[str, Any]:
         "decision_comment": None, "created_at": NOW - timedelta(minutes=15),
         "expires_at": NOW, "decided_at": None, "outcome_succeeded": None,
         "outcome_detail": None, "outcome_at": None, "needs_analysis": False,
+        "approvers": None,
     }
     row.update(changes)
     return row

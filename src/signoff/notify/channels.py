@@ -5,10 +5,12 @@ from __future__ import annotations
 import httpx
 
 from signoff.db import Database
+from signoff.notify.cards import CardSender
 from signoff.notify.delivery import Sender
 from signoff.notify.egress import CallbackTransport
 from signoff.notify.outbox import Channel
-from signoff.notify.telegram import BotApi, TelegramSender
+from signoff.notify.slack import SlackApi, SlackChat
+from signoff.notify.telegram import BotApi, TelegramChat
 from signoff.notify.webhook import SignedPoster
 from signoff.settings import Settings
 
@@ -35,6 +37,12 @@ def bot_api(settings: Settings, client: httpx.AsyncClient) -> BotApi | None:
                   settings.telegram_bot_token.get_secret_value())
 
 
+def slack_api(settings: Settings, client: httpx.AsyncClient) -> SlackApi | None:
+    if settings.slack_bot_token is None:
+        return None
+    return SlackApi(client, settings.slack_api_base, settings.slack_bot_token.get_secret_value())
+
+
 def build_senders(
     db: Database, settings: Settings, client: httpx.AsyncClient
 ) -> dict[str, Sender]:
@@ -49,6 +57,11 @@ def build_senders(
             client, url=settings.webhook_url, secret=secret)
     api = bot_api(settings, client)
     if api is not None and settings.telegram_chat_id is not None:
-        senders[Channel.TELEGRAM.value] = TelegramSender(
-            db, api, settings.telegram_chat_id, settings.zone)
+        senders[Channel.TELEGRAM.value] = CardSender(
+            db, TelegramChat(api, settings.telegram_chat_id, settings.zone,
+                             settings.public_url))
+    slack = slack_api(settings, client)
+    if slack is not None and settings.slack_channel is not None:
+        senders[Channel.SLACK.value] = CardSender(
+            db, SlackChat(slack, settings.slack_channel, settings.zone, settings.public_url))
     return senders

@@ -40,10 +40,8 @@ def heartbeat_key(channel: outbox.Channel, day: date) -> str:
 
 
 def channels_of(settings: Settings) -> list[outbox.Channel]:
-    """The channels a heartbeat goes to: Telegram and the webhook, when configured."""
-    channels = []
-    if settings.telegram_enabled:
-        channels.append(outbox.Channel.TELEGRAM)
+    """The channels a heartbeat goes to: the chats and the webhook, when configured."""
+    channels = [outbox.Channel(name) for name in settings.card_channels]
     if settings.webhook_url is not None:
         channels.append(outbox.Channel.WEBHOOK)
     return channels
@@ -70,7 +68,7 @@ def heartbeat_items(report: Report, channels: list[outbox.Channel]) -> list[dict
     made_at, day = report.made_at, report.window.day
     items: list[dict[str, Any]] = []
     for channel in channels:
-        if channel is outbox.Channel.TELEGRAM:
+        if channel in outbox.CARD_CHANNELS:
             payload: dict[str, Any] = {"day": day.isoformat(), "text": report.as_text()}
         else:
             payload = {"event": outbox.DAILY_REPORT, "at": made_at.isoformat(),

@@ -35,8 +35,13 @@ _CHUNK = 500  # rows per INSERT: well under PostgreSQL's limit of bind parameter
 
 class Channel(StrEnum):
     TELEGRAM = "telegram"
+    SLACK = "slack"
     WEBHOOK = "webhook"
     CALLBACK = "callback"
+
+
+# The chats that show a card per request (``notify.cards``), in the order they are served.
+CARD_CHANNELS = (Channel.TELEGRAM, Channel.SLACK)
 
 
 class ItemStatus(StrEnum):
@@ -64,14 +69,24 @@ ENDINGS = frozenset({
     EventKind.REQUEST_APPROVED, EventKind.REQUEST_REJECTED, EventKind.REQUEST_EXPIRED,
     EventKind.REQUEST_CANCELLED,
 })
+# What a request's events do to its card in each chat: post it, then edit it once.
+CARD_EVENTS: dict[str, str] = {
+    EventKind.REQUEST_CREATED: CARD, **{kind: FINAL for kind in ENDINGS},
+}
+
+
+def card_key(channel: Channel, step: str, request_id: uuid.UUID) -> str:
+    """The dedupe key of a request's card (or its final edit) in one chat."""
+    return f"{channel.value}:{step}:{request_id}"
 
 
 @dataclass(frozen=True)
 class Routing:
-    """Which channels are on: what outbox rows an audit event turns into."""
+    """Which channels are on: what outbox rows an audit event turns into. ``cards``: the
+    chats that get a card per request (any of ``CARD_CHANNELS``)."""
 
     webhook: bool = False
-    telegram: bool = False
+    cards: tuple[Channel, ...] = ()
     callbacks: bool = True
 
 
@@ -160,13 +175,10 @@ async def enqueue_for_events(
             items.append({**base, "channel": Channel.CALLBACK.value,
                           "payload": {**body, "url": row["callback_url"]},
                           "dedupe_key": f"callback:{rid}"})
-        if routing.telegram and rid is not None:
-            if e["kind"] == EventKind.REQUEST_CREATED:
-                items.append({**base, "channel": Channel.TELEGRAM.value, "event": CARD,
-                              "dedupe_key": f"telegram:{CARD}:{rid}"})
-            elif e["kind"] in ENDINGS:
-                items.append({**base, "channel": Channel.TELEGRAM.value, "event": FINAL,
-                              "dedupe_key": f"telegram:{FINAL}:{rid}"})
+        if rid is not None and e["kind"] in CARD_EVENTS:
+            step = CARD_EVENTS[e["kind"]]
+            items += [{**base, "channel": chat.value, "event": step,
+                       "dedupe_key": card_key(chat, step, rid)} for chat in routing.cards]
     await add_items(conn, items)
 
 
@@ -326,12 +338,15 @@ async def mark_card_final(
     )
 
 
-async def card_still_coming(conn: AsyncConnection, request_id: uuid.UUID) -> bool:
-    """Whether the request's card is still waiting in the outbox (not sent, not dead)."""
+async def card_still_coming(
+    conn: AsyncConnection, request_id: uuid.UUID, channel: Channel
+) -> bool:
+    """Whether the request's card in ``channel`` is still waiting in the outbox (not sent,
+    not dead)."""
     found = (
         await conn.execute(
             sa.select(outbox.c.id).where(
-                outbox.c.dedupe_key == f"telegram:{CARD}:{request_id}",
+                outbox.c.dedupe_key == card_key(channel, CARD, request_id),
                 outbox.c.status == ItemStatus.PENDING.value,
             )
         )

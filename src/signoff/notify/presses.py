@@ -2,9 +2,9 @@
 
 No bearer token: Telegram proves itself with ``X-Telegram-Bot-Api-Secret-Token``
 (missing or wrong → 401, nothing changes). A press by a mapped approver decides as that
-approver, through the same guarded transitions as the API; any other press is answered
-(answerCallbackQuery) with a short reason and changes nothing. The card itself is edited
-by the outbox when the request ends.
+approver, through the same guarded transitions as the API (``notify.buttons``); any
+other press is answered (answerCallbackQuery) with a short reason and changes nothing.
+The card itself is edited by the outbox when the request ends.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from fastapi import APIRouter, BackgroundTasks, Request
 
 from signoff import errors
 from signoff.answers import TelegramAck
-from signoff.lifecycle import Principal, Role
 from signoff.logs import get_logger
+from signoff.notify.buttons import press_button
 from signoff.notify.channels import bot_api, http_client
 from signoff.notify.delivery import DeliveryFailed
 from signoff.openapi import documented
@@ -58,21 +58,6 @@ def _parse_press(update: Any) -> tuple[str, int, str, uuid.UUID | None] | None:
     return query_id, user_id, decision, request_id
 
 
-def _reason(exc: errors.SignoffError) -> str:
-    if isinstance(exc, errors.RequestNotPending):
-        return "Too late: the request has expired." if exc.status == "expired" else (
-            f"Nothing changed: the request is already {exc.status}.")
-    if isinstance(exc, errors.AlreadyApproved):
-        return "You have already approved this request."
-    if isinstance(exc, errors.Forbidden):
-        return "You may not decide your own request."
-    if isinstance(exc, errors.NeedsAnalysis):
-        return "A placeholder action cannot be approved; reject it or ask again."
-    if isinstance(exc, errors.NotFound):
-        return "This request does not exist."
-    return "Nothing changed: " + exc.message
-
-
 @router.post("/telegram/webhook", tags=["telegram"], **documented(
     TelegramAck, 401, 413, 422, 503, bearer=False,
     notes={401: "Missing or wrong X-Telegram-Bot-Api-Secret-Token; nothing changes.",
@@ -96,25 +81,9 @@ async def telegram_webhook(request: Request, background: BackgroundTasks) -> dic
     if press is None:
         return {"ok": True}  # not a press: nothing for signoff to do
     query_id, user_id, decision, request_id = press
-    approver = settings.approvers.get(user_id)
-    if approver is None:
-        answer = "You are not an approver in signoff; nothing changed."
-    elif decision not in ("approve", "reject") or request_id is None:
-        answer = "Unknown button; nothing changed."
-    else:
-        service: Service = request.app.state.service
-        who = Principal(approver, Role.APPROVER)
-        decide = service.approve if decision == "approve" else service.reject
-        try:
-            out = await decide(who, request_id, via="telegram")
-        except errors.SignoffError as exc:
-            answer = _reason(exc)
-        else:
-            if out["status"] == "pending":
-                answer = (f"Approval recorded ({len(out['approvals'])} of "
-                          f"{out['required_approvals']}).")
-            else:
-                answer = f"Done: {out['status']} by {approver}."
+    service: Service = request.app.state.service
+    answer = await press_button(service, settings.approvers.get(user_id), decision, request_id,
+                                via="telegram")
     background.add_task(_answer, request, query_id, answer)
     return {"ok": True}
 

@@ -72,12 +72,15 @@ async def issue_reminders(
     rows = (await conn.execute(stmt)).mappings().all()
     if not rows:
         return 0
-    carded = set((
-        await conn.execute(sa.select(cards.c.request_id).where(
-            cards.c.request_id.in_([r["id"] for r in rows]),
-            cards.c.channel == outbox.Channel.TELEGRAM.value,
-        ))
-    ).scalars().all())
+    chats = routing.cards if routing is not None else ()
+    carded: set[tuple[Any, str]] = set()
+    if chats:
+        carded = {(c.request_id, c.channel) for c in (
+            await conn.execute(sa.select(cards.c.request_id, cards.c.channel).where(
+                cards.c.request_id.in_([row["id"] for row in rows]),
+                cards.c.channel.in_([chat.value for chat in chats]),
+            ))
+        ).all()}
     items: list[dict[str, Any]] = []
     for r in rows:
         fired, upcoming = reminders_due(r["created_at"], r["expires_at"], fractions, now)
@@ -92,8 +95,7 @@ async def issue_reminders(
             channels = []
             if routing is not None and routing.webhook:
                 channels.append(outbox.Channel.WEBHOOK)
-            if routing is not None and routing.telegram and r["id"] in carded:
-                channels.append(outbox.Channel.TELEGRAM)
+            channels += [chat for chat in chats if (r["id"], chat.value) in carded]
             for channel in channels:
                 items.append({**base, "channel": channel.value, "payload": payload,
                               "dedupe_key": f"{channel.value}:reminder:{r['id']}:{fraction}"})

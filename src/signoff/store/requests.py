@@ -25,6 +25,7 @@ from signoff.lifecycle import (
     RequestStatus,
     ResolutionType,
 )
+from signoff.store.groups import approver_guard, may_decide
 from signoff.store.incidents import close_incidents
 from signoff.store.prepared import Prepared
 from signoff.store.rows import PENDING, Row, record_events
@@ -72,6 +73,7 @@ async def create_request(
         "idempotency_key": idempotency_key, "idempotency_digest": digest,
         "needs_analysis": bool(data.get("needs_analysis")),
         "next_reminder_at": data.get("next_reminder_at"),
+        "approvers": data.get("approvers") or None,
     }
     row = await _insert_and_wake(conn, values, idempotent=idempotency_key is not None)
     if row is None:  # a concurrent create with the same key won the insert
@@ -162,6 +164,9 @@ async def explain_refusal(
     row = await get_request(conn, request_id)
     if own is False and row["requested_by"] == actor:
         return errors.Forbidden("you may not decide your own request")
+    if own is False and not await may_decide(conn, row["approvers"], actor):
+        return errors.NotAnApprover(
+            "only the request's approvers may decide it: " + ", ".join(row["approvers"]))
     if own is True and row["requested_by"] != actor:
         return errors.Forbidden("only the requester may do this")
     if row["status"] != PENDING:
@@ -206,6 +211,7 @@ def _approval_statements(dialect: str) -> tuple[Prepared, Prepared, Prepared | N
         requests.c.id == sa.bindparam("request_id", type_=sa.Uuid()),
         requests.c.status == PENDING, requests.c.expires_at > now,
         requests.c.requested_by != actor, requests.c.needs_analysis.is_(False),
+        approver_guard(dialect, actor),
     )
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # The guard is read under the row's lock (FOR NO KEY UPDATE, on PostgreSQL; SQLite
@@ -278,7 +284,7 @@ async def approve_request(
 
 
 @functools.cache
-def _end_statement(who: str) -> Prepared:
+def _end_statement(who: str, dialect: str) -> Prepared:
     """A reject's or a cancel's guarded update, built once (see ``_approval_statements``).
 
     ``who`` may end it: ``"others"`` (not its requester), ``"requester"``, or ``"anyone"``.
@@ -289,8 +295,8 @@ def _end_statement(who: str) -> Prepared:
         requests.c.id == sa.bindparam("request_id", type_=sa.Uuid()),
         requests.c.status == PENDING, requests.c.expires_at > now,
     )
-    if who == "others":
-        guard = sa.and_(guard, requests.c.requested_by != actor)
+    if who == "others":  # a decision: by an approver of it, not its requester
+        guard = sa.and_(guard, requests.c.requested_by != actor, approver_guard(dialect, actor))
     elif who == "requester":
         guard = sa.and_(guard, requests.c.requested_by == actor)
     return Prepared(requests.update().where(guard).values(
@@ -307,7 +313,7 @@ async def _end_request(
     admin: bool = False,
 ) -> Row:
     who = "others" if not own else "anyone" if admin else "requester"
-    row = await _end_statement(who).first(conn, {
+    row = await _end_statement(who, conn.dialect.name).first(conn, {
         "request_id": request_id, "now": now, "actor": actor, "to_status": status.value,
         "to_disposition": _disposition(status), "comment": comment,
     })
