@@ -142,6 +142,22 @@ def test_approve_and_reject_go_through_the_service_with_its_refusals(
     bot.close()
 
 
+def test_someone_a_request_leaves_out_is_told_so_and_nothing_changes(
+    server: Server, browser: Browser
+) -> None:
+    browser.sign_in(server.tokens["alice"])
+    rid = ask(server, approvers=["bob"])
+    refused = browser.decide(rid, "approve")
+    assert refused.status_code == 403
+    assert "only the request&#39;s approvers may decide it: bob" in refused.text
+    assert 'role="alert"' in refused.text
+    assert server.client("viewer").get(f"/approvals/{rid}").json()["status"] == "pending"
+    bob = signed_in(server, "bob")
+    assert bob.decide(rid, "approve").status_code == 303
+    bob.close()
+    assert server.client("viewer").get(f"/approvals/{rid}").json()["status"] == "approved"
+
+
 def test_bad_input_gets_a_readable_refusal_and_changes_nothing(
     server: Server, browser: Browser
 ) -> None:
