@@ -147,7 +147,9 @@ def test_someone_a_request_leaves_out_is_told_so_and_nothing_changes(
 ) -> None:
     browser.sign_in(server.tokens["alice"])
     rid = ask(server, approvers=["bob"])
-    refused = browser.decide(rid, "approve")
+    page = browser.page(f"/ui/approvals/{rid}").text
+    assert "Only bob may decide this request." in page and "Approve</button>" not in page
+    refused = browser.decide(rid, "approve", csrf=csrf_of(browser.page("/ui/").text))
     assert refused.status_code == 403
     assert "only the request&#39;s approvers may decide it: bob" in refused.text
     assert 'role="alert"' in refused.text

@@ -68,13 +68,18 @@ async def request_context(request: Request, request_id: str) -> dict[str, Any]:
     req = await service.get_request(who, request_id)
     incident, events, more = await service.request_surroundings(who, req)
     now = datetime.now(UTC)
+    named = req.get("approvers") or []
+    # Names alone (no group, whose members the service knows) that leave this person out:
+    # the page says who may, rather than offering buttons the service would refuse.
+    left_out = bool(named) and who.name not in named and not any(
+        a.startswith("group:") for a in named)
     may_decide = (req["status"] == RequestStatus.PENDING
                   and role_allows(who.role, Role.APPROVER)
-                  and req["requested_by"] != who.name)
+                  and req["requested_by"] != who.name and not left_out)
     return {"req": req, "incident": incident, "events": events,
             "more_events": more, "may_decide": may_decide,
             "seconds_left": seconds_left(req["expires_at"], now), "now": now,
-            "live": "request", "live_id": req["id"],
+            "live": "request", "live_id": req["id"], "left_out": left_out,
             "voted": any(a["by"] == who.name for a in req["approvals"])}
 
 
