@@ -35,6 +35,7 @@ from signoff.scheduler import background_checks
 from signoff.service import Service
 from signoff.service_policy import holder_metrics
 from signoff.settings import Settings
+from signoff.web import install_console
 
 log = get_logger("signoff.app")
 # How long the background tasks have, once told to stop, to finish what they are doing.
@@ -69,11 +70,13 @@ def create_app(
     run_notifier: bool | None = None,
     run_watchdog: bool | None = None,
     policy: PolicyHolder | None = None,
+    demo: bool = False,
 ) -> FastAPI:
     """Build the app. The resolver, the delivery worker and the watchdogs run inside it
     unless ``run_resolver`` (and ``run_notifier``, ``run_watchdog``, by default the same)
     is false. The policy file (``policy``, else ``SIGNOFF_POLICY_FILE``) is read here: a
-    broken one raises ``PolicyError``; the lifespan re-reads it when it changes."""
+    broken one raises ``PolicyError``; the lifespan re-reads it when it changes. With
+    ``demo``, a simulated automation keeps asking (``signoff.demo``)."""
     notifying = run_resolver if run_notifier is None else run_notifier
     watching = run_resolver if run_watchdog is None else run_watchdog
     database = db or Database.from_settings(settings)
@@ -106,6 +109,12 @@ def create_app(
             tasks.append(asyncio.create_task(scheduler.run(stop), name="signoff-scheduler"))
         if rules.enabled:
             tasks.append(asyncio.create_task(rules.watch(stop), name="signoff-policy-reload"))
+        # The console's live pages hear of what other replicas created (one read per server).
+        tasks.append(asyncio.create_task(service.watch_changes(stop), name="signoff-changes"))
+        if demo:
+            from signoff.demo import keep_asking
+
+            tasks.append(asyncio.create_task(keep_asking(service, stop), name="signoff-demo"))
         if database.is_postgres:  # waiters and the token cache hear of other replicas' writes
             listener = ChannelListener(
                 listen_dsn(settings.database_url), store.CHANGED_CHANNEL,
@@ -119,6 +128,7 @@ def create_app(
             yield
         finally:
             service.waiters.close()
+            service.changes.close()
             if listening is not None:
                 listening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -147,6 +157,7 @@ def create_app(
     app.include_router(presses_router)
     app.include_router(slack_router)
     app.router.routes.append(mcp.route)  # the MCP tools, for AI agents
+    install_console(app)  # the web console, under /ui/
     app.add_middleware(BodyLimit)
     app.add_middleware(CountHTTP, counter=meters.http_requests)
 

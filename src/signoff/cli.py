@@ -20,6 +20,7 @@ from signoff.cli_support import (
     load_settings,
     run_on_database,
     run_on_service,
+    start_demo,
 )
 from signoff.db import Database
 from signoff.migrate import upgrade
@@ -91,8 +92,12 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Overrides SIGNOFF_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Overrides SIGNOFF_PORT.")] = None,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="On an empty database: make demo tokens, incidents and requests, "
+                       "and keep asking for sign-off like an automation.")] = False,
 ) -> None:
-    """Migrate the database, then serve the HTTP API with the resolver running."""
+    """Migrate the database, then serve the HTTP API and the web console (/ui/) with the
+    resolver running."""
     import uvicorn
 
     from signoff.app import create_app
@@ -109,10 +114,13 @@ def serve(
             err.print(f"  {line}", markup=False)
         raise typer.Exit(2) from None
 
-    async def work(db: Database) -> bool:
+    async def work(db: Database) -> bool | None:
         await upgrade(db)
+        if demo and not await start_demo(db, settings):
+            return None
         config = uvicorn.Config(
-            create_app(settings, db=db, policy=rules), host=settings.host, port=settings.port,
+            create_app(settings, db=db, policy=rules, demo=demo), host=settings.host,
+            port=settings.port,
             log_config=None, access_log=False, lifespan="on",
         )
         server = GracefulServer(config)
@@ -121,7 +129,10 @@ def serve(
 
     # uvloop's sockets and httptools' parser (chosen by uvicorn when installed) take a
     # good part of the CPU that every call costs the server.
-    if run_on_database(ctx, settings, work, creates=True, uvloop=True):
+    stopped = run_on_database(ctx, settings, work, creates=True, uvloop=True)
+    if stopped is None:
+        raise typer.Exit(2)
+    if stopped:
         raise typer.Exit(128 + signal.SIGINT)
 
 

@@ -144,3 +144,25 @@ def run_on_service(
     from signoff.metrics import Metrics
 
     return run_on_database(ctx, settings, lambda db: work(Service(db, settings, Metrics())))
+
+
+async def start_demo(db: Database, settings: Settings) -> bool:
+    """Fill an empty database for ``serve --demo`` and print its tokens and address;
+    False (and a line on stderr) if the database holds anything: nothing is changed."""
+    from signoff.demo import seed
+    from signoff.metrics import Metrics
+
+    service = Service(db, settings, Metrics())
+    if not await service.is_empty():
+        print(f"signoff: the demo needs an empty database and {settings.shown_database_url} "
+              "is not: nothing was changed. Point SIGNOFF_DATABASE_URL at a new file, e.g. "
+              "sqlite:///./demo.db", file=sys.stderr, flush=True)
+        return False
+    tokens = await seed(service)
+    where = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    lines = ["signoff demo: a simulated automation asks for sign-off every 40 s.",
+             f"Open {where}/ui/ and sign in with a token:"]
+    lines += [f"  {name:<11} {secret}" for name, secret in tokens.items()]
+    lines.append("(alice and bob approve; remediator is the automation; admin sees all)")
+    print("\n".join(lines), flush=True)
+    return True

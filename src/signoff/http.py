@@ -135,9 +135,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        page = scope.get("path", "").startswith("/ui/")  # a person's form: a page says why
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._refuse(send)
+                await self._refuse(send, page)
                 return
         seen = 0
 
@@ -153,13 +154,18 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(send, page)
 
     @staticmethod
-    async def _refuse(send: Send) -> None:
+    async def _refuse(send: Send, page: bool = False) -> None:
         body = json.dumps(error_body("too_large", "the body is larger than 1 MiB")).encode()
+        kind = b"application/json"
+        if page:
+            body = (b"<!doctype html><title>Too large</title><h1>Too large</h1><p>What was "
+                    b"sent is larger than 1 MiB: nothing was changed.</p>")
+            kind = b"text/html; charset=utf-8"
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
+                    "headers": [(b"content-type", kind),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 

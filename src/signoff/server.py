@@ -41,6 +41,9 @@ class GracefulServer(uvicorn.Server):
         waiters = getattr(service, "waiters", None)
         if waiters is not None:
             waiters.close()
+        changes = getattr(service, "changes", None)
+        if changes is not None:  # the console's live streams end too
+            changes.close()
         if self._collecting is not None:
             self._collecting.cancel()
         await super().shutdown(sockets)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors, queries, store
+from signoff.browsing import BrowsingOperations
 from signoff.db import Database
 from signoff.groups import GroupOperations
 from signoff.intake import IntakeOperations
@@ -51,7 +52,6 @@ from signoff.schemas import (
 from signoff.service_policy import PolicyOperations, T, Work, allow, attach_precedents
 from signoff.service_reads import ReadOperations
 from signoff.settings import Settings
-from signoff.tokens import TokenOperations
 from signoff.views import event_view, incident_view, request_view
 from signoff.waiters import BatchReader, Reading, Waiters, changed_requests
 from signoff.watchdog import Thresholds
@@ -59,7 +59,6 @@ from signoff.watchdog import Thresholds
 Id = uuid.UUID | str
 Page = dict[str, Any]
 log = get_logger("signoff.service")
-
 
 
 class Notifier(Protocol):
@@ -90,7 +89,7 @@ def _page(items: list[dict[str, Any]], next_cursor: str | None) -> Page:
     return {"items": items, "next_cursor": next_cursor}
 
 
-class Service(TokenOperations, GroupOperations, LinkOperations, PolicyOperations,
+class Service(BrowsingOperations, GroupOperations, LinkOperations, PolicyOperations,
               IntakeOperations, ReadOperations):
     """signoff's operations over one database. Built at the edge (the app, a CLI command);
     the app's lifespan attaches the delivery worker and the resolver it wakes."""
@@ -142,6 +141,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations, PolicyOperations
         result = await self.db.run(collecting)
         if changed:
             self.waiters.wake(changed)
+        self.changes.publish_events(written)  # the console's live pages
         self.metrics.observe_events(written)
         # Only a transaction that queued something gives the worker work: waking it for
         # every write made it read the outbox again and again under load.
@@ -159,6 +159,7 @@ class Service(TokenOperations, GroupOperations, LinkOperations, PolicyOperations
             self.forget_tokens()
         else:
             self.waiters.heard(payload)
+            self.changes.publish(payload.split(","))
 
     def listening_again(self) -> None:
         """The listener is back: what was sent meanwhile was not heard."""

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # label that names the service.
     alert_severity_map: str = "critical=critical,error=high,warning=medium,info=info"
     alert_service_label: str = "service"
+    # The web console: how long a sign-in lasts (``public_url`` on https makes its
+    # cookies Secure).
+    session_ttl: Duration = timedelta(hours=12)
 
     @field_validator("database_url")
     @classmethod
@@ -131,6 +134,13 @@ class Settings(BaseSettings):
         value = value.lower()
         if value not in {"auto", "json", "console"}:
             raise ValueError("log format must be one of auto, json, console")
+        return value
+
+    @field_validator("session_ttl")
+    @classmethod
+    def _check_session_ttl(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= value <= timedelta(days=30):
+            raise ValueError("the session TTL must be between 1m and 30d")
         return value
 
     @field_validator("webhook_url", "telegram_api_base", "slack_api_base", "public_url")
@@ -271,6 +281,11 @@ class Settings(BaseSettings):
     def heartbeat_time(self) -> time | None:
         """When the daily report is sent, local time in ``zone`` (None: never)."""
         return parse_time_of_day(self.heartbeat_at)
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Whether the console is reached over https (its cookies are then Secure)."""
+        return (self.public_url or "").lower().startswith("https://")
 
     @property
     def slack_users(self) -> dict[str, str]:

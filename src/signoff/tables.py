@@ -72,6 +72,21 @@ tokens = sa.Table(
     sa.Index(None, "name"),
 )
 
+# The web console's sessions: the secret's hash, bound to the token that signed in.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.Uuid(), sa.ForeignKey("tokens.id"), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    # Signed out: the session is kept, ended (nothing is deleted).
+    sa.Column("ended_at", UTCDateTime(), nullable=True),
+    sa.Index(None, "expires_at"),
+    sa.Index(None, "token_id"),
+)
+
 incidents = sa.Table(
     "incidents",
     metadata,

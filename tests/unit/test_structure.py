@@ -144,7 +144,14 @@ def test_no_module_is_longer_than_one_sitting(package: dict[str, Module]) -> Non
 def test_the_front_ends_reach_the_store_only_through_the_service(
     package: dict[str, Module],
 ) -> None:
-    for front in ("signoff.api", "signoff.notify.presses", "signoff.cli_support"):
+    console = [name for name in package if name.startswith("signoff.web")]
+    assert len(console) >= 5, console
+    for name in console:
+        edges = imports_of(package[name], package).edges
+        assert not {e for e in edges if e == "signoff.store" or e.startswith("signoff.store.")
+                    or e in ("signoff.queries", "signoff.overview")}, name
+    for front in ("signoff.api", "signoff.notify.presses", "signoff.cli_support",
+                  "signoff.web.pages", "signoff.web.forms"):
         edges = imports_of(package[front], package).edges
         assert not {e for e in edges if e == "signoff.store" or e.startswith("signoff.store.")
                     }, front

@@ -5,6 +5,7 @@ One module a concept, each using only the ones above it in this list:
 
 ``rows``       audit events, batched inserts, ``IN`` lists, the definition of a live request
 ``tokens``     API tokens, stored hashed
+``sessions``   the web console's sessions, bound to their tokens
 ``incidents``  incidents, their closing, and the knowledge entries closing writes
 ``alerts``     incidents opened and resolved by alerts, many at once
 ``requests``   approval requests and their transitions (approve, reject, cancel, outcome)
@@ -65,6 +66,12 @@ from signoff.store.requests import (
     report_outcome,
 )
 from signoff.store.rows import EVENTS_KEY, PENDING, Row, is_live, record_events
+from signoff.store.sessions import (
+    create_session,
+    end_session,
+    find_session,
+    token_id_of,
+)
 from signoff.store.tokens import (
     TOKENS_CHANGED,
     authenticate,
@@ -95,15 +102,18 @@ __all__ = [
     "create_incident",
     "create_link",
     "create_request",
+    "create_session",
     "create_token",
     "current_pause",
     "due_request_ids",
+    "end_session",
     "ended_with_policy",
     "expire_due_requests",
     "explain_outcome_refusal",
     "explain_refusal",
     "find_idempotent_request",
     "find_link",
+    "find_session",
     "get_incident",
     "get_request",
     "hash_token",
@@ -129,6 +139,7 @@ __all__ = [
     "resume_policy",
     "revoke_tokens",
     "settle_request",
+    "token_id_of",
     "touch_token",
     "unknown_groups",
     "use_link",
