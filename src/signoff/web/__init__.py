@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
 from signoff.web.forms import router as forms_router
+from signoff.web.links import router as links_router
 from signoff.web.live import router as live_router
 from signoff.web.pages import router as pages_router
 from signoff.web.pages import unknown_page
@@ -26,6 +27,7 @@ STATIC = Path(__file__).parent / "static"
 def install_console(app: FastAPI) -> None:
     """Mount the console on ``app``: its pages, assets, live stream and headers."""
     app.include_router(forms_router)
+    app.include_router(links_router)
     app.include_router(live_router)
     app.include_router(pages_router)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")

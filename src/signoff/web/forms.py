@@ -114,7 +114,7 @@ async def logout(request: Request) -> Response:
     return response
 
 
-def _decision(form: dict[str, str]) -> DecisionIn | errors.InvalidInput:
+def decision_body(form: dict[str, str]) -> DecisionIn | errors.InvalidInput:
     comment = form.get("comment", "").strip() or None
     try:
         return DecisionIn.model_validate({"comment": comment})
@@ -130,7 +130,7 @@ async def decide(request: Request, request_id: str) -> Response:
     check_csrf(session.csrf, form.get("csrf"))
     choice = form.get("decision")
     service = _service(request)
-    body = _decision(form)
+    body = decision_body(form)
     try:
         if choice == "approve":
             await service.approve(session.principal, request_id, body, via="console")
