@@ -249,3 +249,27 @@ def test_the_sixth_failed_sign_in_within_a_minute_is_refused(
         assert "Too many failed sign-ins" in v.page.get_by_role("alert").inner_text()
     finally:
         own.stop()
+
+
+def test_a_link_decides_once_and_a_second_use_shows_why_not(
+    browser: Any, server: Server, visitors: list[Visitor], shots: Path
+) -> None:
+    rid = ask(server, action="scale the workers")
+    made = server.client("bot").post(f"/approvals/{rid}/links", json={"for": "alice"})
+    assert made.status_code == 201, made.text
+    path = made.json()["url"].removeprefix(server.url)
+    first = visit(visitors, browser, server, None)  # no session: the link alone
+    page = first.open(path)
+    assert page.locator("#link-for").inner_text().startswith("You are signed in as alice")
+    page.get_by_label("Comment").fill("from the link")
+    page.get_by_role("button", name="Approve").click()
+    page.get_by_role("heading", name="Decision recorded").wait_for()
+    assert "Approved by alice" in page.get_by_role("status").inner_text()
+    second = visit(visitors, browser, server, None)  # the same link, used again
+    gone = second.page.goto(server.url + path)
+    assert gone is not None and gone.status == 410
+    assert "This link was used at" in second.page.get_by_role("alert").inner_text()
+    second.page.screenshot(path=str(shots / "link-used.png"), full_page=True)
+    decided = server.client("viewer").get(f"/approvals/{rid}").json()
+    assert decided["decided_by"] == "alice" and decided["decision_comment"] == "from the link"
+    assert all(u.startswith(server.url) for u in first.requested + second.requested)
