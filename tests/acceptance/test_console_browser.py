@@ -270,6 +270,6 @@ def test_a_link_decides_once_and_a_second_use_shows_why_not(
     assert gone is not None and gone.status == 410
     assert "This link was used at" in second.page.get_by_role("alert").inner_text()
     second.page.screenshot(path=str(shots / "link-used.png"), full_page=True)
-    decided = server.client("viewer").get(f"/approvals/{rid}").json()
+    decided = server.client("root").get(f"/approvals/{rid}").json()  # viewer: revoked above
     assert decided["decided_by"] == "alice" and decided["decision_comment"] == "from the link"
     assert all(u.startswith(server.url) for u in first.requested + second.requested)
