@@ -69,6 +69,13 @@ class LinkGone(SignoffError):
     code = "link_gone"
     http_status = 410
 
+    def __init__(self, message: str | None = None, *, status: str | None = None,
+                 why: str = "used", at: str | None = None, by: str | None = None) -> None:
+        super().__init__(message, status=status)
+        # For a page that says it in its own words and time zone: ``used`` (at),
+        # ``ended`` (status, by) or ``expired`` (at).
+        self.why, self.at, self.by = why, at, by
+
 
 class Conflict(SignoffError):
     """The state has changed: this transition is no longer possible."""

@@ -38,14 +38,20 @@ def _request_id(value: str | uuid.UUID) -> uuid.UUID:
         raise errors.RequestNotFound() from None
 
 
-def why_gone(link: Any, request: dict[str, Any]) -> str | None:
-    """Why a link no longer works, in words for its page; None while it works."""
+def why_gone(link: Any, request: dict[str, Any]) -> errors.LinkGone | None:
+    """Why a link no longer works, for its page; None while it works."""
+    status = request["status"]
     if link["used_at"] is not None:
-        return f"This link was used at {iso(link['used_at'])}."
-    if request["status"] == RequestStatus.EXPIRED.value:
-        return f"The request expired at {request['expires_at']}."
-    if request["status"] != RequestStatus.PENDING.value:
-        return f"The request was already {request['status']} by {request['decided_by']}."
+        used = iso(link["used_at"])
+        return errors.LinkGone(f"This link was used at {used}.", status=status, why="used",
+                               at=used)
+    if status == RequestStatus.EXPIRED.value:
+        return errors.LinkGone(f"The request expired at {request['expires_at']}.",
+                               status=status, why="expired", at=request["expires_at"])
+    if status != RequestStatus.PENDING.value:
+        return errors.LinkGone(
+            f"The request was already {status} by {request['decided_by']}.", status=status,
+            why="ended", at=request["decided_at"], by=request["decided_by"])
     return None
 
 
@@ -122,7 +128,7 @@ class LinkOperations:
         link, request = await self._read(work)
         gone = why_gone(link, request)
         if gone is not None:
-            raise errors.LinkGone(gone, status=request["status"])
+            raise gone
         return Principal(link["principal"], Role.APPROVER), request
 
     async def decide_by_link(
@@ -135,7 +141,8 @@ class LinkOperations:
         if link is None:
             raise errors.LinkNotFound()
         if link["used_at"] is not None:
-            raise errors.LinkGone(f"This link was used at {iso(link['used_at'])}.")
+            used = iso(link["used_at"])
+            raise errors.LinkGone(f"This link was used at {used}.", why="used", at=used)
         who = Principal(link["principal"], Role.APPROVER)
         try:
             return await self._decide(who, link["request_id"], body, approving=approving,

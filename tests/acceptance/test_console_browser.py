@@ -268,7 +268,8 @@ def test_a_link_decides_once_and_a_second_use_shows_why_not(
     second = visit(visitors, browser, server, None)  # the same link, used again
     gone = second.page.goto(server.url + path)
     assert gone is not None and gone.status == 410
-    assert "This link was used at" in second.page.get_by_role("alert").inner_text()
+    said = second.page.get_by_role("alert").inner_text()
+    assert "This link was used at" in said and ZONE in said  # in the display time zone
     second.page.screenshot(path=str(shots / "link-used.png"), full_page=True)
     decided = server.client("root").get(f"/approvals/{rid}").json()  # viewer: revoked above
     assert decided["decided_by"] == "alice" and decided["decision_comment"] == "from the link"

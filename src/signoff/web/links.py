@@ -17,8 +17,8 @@ from signoff.lifecycle import RequestStatus
 from signoff.service import Service
 from signoff.web.forms import decision_body
 from signoff.web.pages import seconds_left
-from signoff.web.render import clock_time, render
-from signoff.web.routing import ConsoleRoute, read_form
+from signoff.web.render import clock_time, local_time, render
+from signoff.web.routing import ConsoleRoute, read_form, refusal
 from signoff.web.security import check_csrf
 
 router = APIRouter(prefix="/ui", route_class=ConsoleRoute, include_in_schema=False)
@@ -52,9 +52,26 @@ async def _page(request: Request, secret: str, *, refused: str | None = None,
     }, status=status)
 
 
+def gone_page(request: Request, gone: errors.LinkGone) -> Response:
+    """410, saying why in the display time zone."""
+    settings = request.app.state.settings
+    when = local_time(gone.at, settings) if gone.at else ""
+    if gone.why == "expired":
+        message = f"The request expired at {when}: this link no longer works."
+    elif gone.why == "ended":
+        message = (f"The request was already {gone.status} by {gone.by}"
+                   + (f" at {when}" if when else "") + ": this link no longer works.")
+    else:
+        message = f"This link was used at {when}: it works for one decision only."
+    return refusal(request, 410, message)
+
+
 @router.get("/l/{secret}")
 async def open_link(request: Request, secret: str) -> Response:
-    return await _page(request, secret)
+    try:
+        return await _page(request, secret)
+    except errors.LinkGone as gone:
+        return gone_page(request, gone)
 
 
 @router.post("/l/{secret}")
@@ -67,6 +84,8 @@ async def decide_by_link(request: Request, secret: str) -> Response:
     try:
         out = await _service(request).decide_by_link(
             secret, decision_body(form), approving=choice == "approve")
+    except errors.LinkGone as gone:
+        return gone_page(request, gone)
     except (errors.InvalidInput, errors.AlreadyApproved, errors.NeedsAnalysis,
             errors.Forbidden) as exc:
         return await _page(request, secret, refused=exc.message,
