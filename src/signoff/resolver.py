@@ -140,6 +140,7 @@ class Resolver:
         self.listen_dsn = None if listen_url is None else listen_dsn(listen_url)
         # Requests that failed even alone: excluded from batch claims, retried each pass.
         self.quarantine: set[uuid.UUID] = set()
+        self._isolating = asyncio.Lock()
         self._listener = None if self.listen_dsn is None else deadline_listener(
             self.listen_dsn, self.wake)
         self._log = get_logger("signoff.resolver")
@@ -166,10 +167,8 @@ class Resolver:
     # -- one pass -------------------------------------------------------------------------
 
     async def count_due(self) -> int:
-        """How many pending requests are past their deadline now: the backlog a pass drains.
-
-        Counted before a large drain so that a progress bar has a total.
-        """
+        """How many pending requests are past their deadline now: the backlog a pass
+        drains (counted before a large drain, so that a progress bar has a total)."""
 
         async def read(conn: AsyncConnection, now: datetime) -> int:
             return await store.count_due_requests(conn, now)
@@ -238,21 +237,24 @@ class Resolver:
 
     async def _run_batch(self, result: PassResult, debug: bool) -> tuple[int, int]:
         """One batch; on failure, the same rows one by one. Returns (claimed, expired)."""
-        exclude = sorted(self.quarantine)
+        if self._isolating.locked():  # another worker is finding a bad row: let it
+            async with self._isolating:
+                pass
         try:
-            batch, now = await self._expire(exclude=exclude)
+            batch, now = await self._expire(exclude=sorted(self.quarantine))
         except Exception as exc:
             if is_unavailable(exc):
                 raise
             self.metrics.resolver_errors.inc()
             self._log.warning("resolver_batch_failed", error=repr(exc))
-            return await self._isolate(result, debug, exclude)
+            async with self._isolating:
+                return await self._isolate(result, debug)
         return batch.count, self._record(batch, now, result, debug)
 
-    async def _isolate(
-        self, result: PassResult, debug: bool, exclude: list[uuid.UUID]
-    ) -> tuple[int, int]:
-        """Expire the failed batch's rows one per transaction, so one bad row stops nothing."""
+    async def _isolate(self, result: PassResult, debug: bool) -> tuple[int, int]:
+        """The failed batch's rows one per transaction, so one bad row stops nothing. One
+        worker at a time, no batch meanwhile: a row set aside is not failed again."""
+        exclude = sorted(self.quarantine)
 
         async def read(conn: AsyncConnection, now: datetime) -> list[uuid.UUID]:
             return await store.due_request_ids(conn, now, limit=self.batch_size, exclude=exclude)
@@ -260,7 +262,8 @@ class Resolver:
         ids = await self._transact(read, readonly=True)
         expired = 0
         for request_id in ids:
-            expired += await self._expire_alone(request_id, result, debug, retry=False)
+            if request_id not in self.quarantine:
+                expired += await self._expire_alone(request_id, result, debug, retry=False)
         return len(ids), expired
 
     async def _retry_quarantined(self, result: PassResult, debug: bool) -> None:

@@ -247,7 +247,8 @@ async def test_one_bad_row_never_stops_the_others(
     bad = ids[2]
     bad_incident = await plant_knowledge_entry(clocked_db, bad)
     clock.advance(10)
-    resolver, metrics = make_resolver(db_url, clocked_db, batch_size=4)
+    # One batch at a time, so the counts are exact (two at once: the test after this one).
+    resolver, metrics = make_resolver(db_url, clocked_db, batch_size=4, concurrency=1)
 
     with capture_logs() as logs:
         result = await resolver.run_pass()
@@ -282,6 +283,36 @@ async def test_one_bad_row_never_stops_the_others(
     assert (result.expired, result.errors, result.incidents_resolved) == (1, 0, 1)
     assert resolver.quarantine == set()
     assert (await request_row(clocked_db, bad))["status"] == "expired"
+
+
+async def test_two_batches_at_once_fail_a_bad_row_once(
+    db_url: str, clocked_db: Database, clock: Any
+) -> None:
+    """With two batch workers, both may claim the bad row (one after the other's batch
+    rolled back), but one at a time looks for it row by row: it fails alone once, is set
+    aside, and every other row expires."""
+    for _ in range(5):
+        ids = await seed(clocked_db, 9, ttl=10)
+        bad = ids[4]
+        await plant_knowledge_entry(clocked_db, bad)
+        clock.advance(10)
+        resolver, metrics = make_resolver(db_url, clocked_db, batch_size=3, concurrency=2)
+        with capture_logs() as logs:
+            result = await resolver.run_pass()
+        assert (result.expired, result.errors) == (8, 1)
+        assert resolver.quarantine == {bad}
+        assert [e["request_id"] for e in logs if e["event"] == "resolver_row_failed"] == [
+            str(bad)]
+        batches_failed = sum(e["event"] == "resolver_batch_failed" for e in logs)
+        assert batches_failed >= 1  # more when the retry row by row took other rows first
+        assert sample(metrics, "signoff_resolver_errors_total") == batches_failed + 1
+        assert await expired(clocked_db, [i for i in ids if i != bad])
+
+        async def unplant(conn: AsyncConnection, _now: datetime) -> None:
+            await conn.execute(knowledge.delete().where(knowledge.c.title == "planted"))
+
+        await clocked_db.run(unplant)
+        assert (await resolver.run_pass()).expired == 1  # the bad row, set free
 
 
 async def test_quarantined_row_does_not_make_the_loop_spin(db_url: str, db: Database) -> None:

@@ -10,7 +10,7 @@ and records the result; nothing here talks to the network.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -128,12 +128,14 @@ async def add_items(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> N
 
 
 async def enqueue_for_events(
-    conn: AsyncConnection, events: Iterable[Row], *, current: Iterable[Row] = ()
+    conn: AsyncConnection, events: Iterable[Row], *, current: Iterable[Row] = (),
+    no_callback: Collection[uuid.UUID] = (),
 ) -> None:
     """The outbox rows of a transaction's audit events, for the channels that are on.
 
     ``current`` are request rows as this transaction left them (what the transition's
-    ``UPDATE … RETURNING`` gave back): those are not read again.
+    ``UPDATE … RETURNING`` gave back): those are not read again. ``no_callback`` are
+    requests the caller knows to have no callback URL: without webhooks, nothing to read.
     """
     routing = routing_of(conn)
     if routing is None:
@@ -146,6 +148,7 @@ async def enqueue_for_events(
     if not snapshots:  # callbacks only need the requests that ended and have a URL
         request_ids = {e["request_id"] for e in wanted
                        if e["kind"] in ENDINGS and e.get("request_id") is not None}
+        request_ids.difference_update(no_callback)
     at_hand = {r["id"]: r for r in current if r["id"] in request_ids}
     found = {rid: r for rid, r in at_hand.items() if snapshots or r["callback_url"] is not None}
     found.update(

@@ -10,14 +10,17 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors
 from signoff.lifecycle import TIMEOUT_ACTOR, Disposition, EventKind, RequestStatus, ResolutionType
 from signoff.store.incidents import close_incidents
-from signoff.store.rows import PENDING, Row, insert_rows
+from signoff.store.prepared import Prepared
+from signoff.store.rows import PENDING, Row, announce_events, insert_rows, wants_events
 from signoff.tables import events, requests
 
 
@@ -33,6 +36,57 @@ class ExpiryBatch:
         return len(self.expired)
 
 
+_EXPIRED = {
+    "status": RequestStatus.EXPIRED.value,
+    "disposition": Disposition.TIMEOUT_IGNORED.value,
+    "decided_by": TIMEOUT_ACTOR,
+}
+_EVENT = {
+    "kind": EventKind.REQUEST_EXPIRED.value, "actor": TIMEOUT_ACTOR,
+    "from_status": PENDING, "to_status": RequestStatus.EXPIRED.value,
+}
+_RETURNING = (requests.c.id, requests.c.incident_id, requests.c.expires_at,
+              requests.c.callback_url)
+
+
+def _claim_and_record(*, only: bool) -> Prepared:
+    """PostgreSQL: claim a batch, expire it and write its audit events, one statement.
+
+    The claim is a materialised CTE ``FOR UPDATE SKIP LOCKED``, so replicas take disjoint
+    rows and never wait on a row a human is deciding; each event's detail (the lateness)
+    is computed by the database, so a batch of a thousand costs Python one row each to
+    read back, not a dictionary and a JSON document each to write.
+    """
+    now = sa.bindparam("now", type_=requests.c.decided_at.type)
+    due = sa.and_(requests.c.status == PENDING, requests.c.expires_at <= now,
+                  requests.c.id != sa.all_(sa.bindparam("exclude", type_=_IDS)))
+    if only:
+        due = sa.and_(due, requests.c.id == sa.any_(sa.bindparam("only", type_=_IDS)))
+    claim = (
+        sa.select(requests.c.id).where(due).order_by(requests.c.expires_at)
+        .limit(sa.bindparam("limit", type_=sa.Integer())).with_for_update(skip_locked=True)
+        .cte("due").prefix_with("MATERIALIZED")
+    )
+    expired = (
+        requests.update().where(requests.c.id == claim.c.id)
+        .values(**_EXPIRED, decided_at=now).returning(*_RETURNING).cte("expired")
+    )
+    lateness = sa.func.round(
+        sa.cast(sa.extract("epoch", now - expired.c.expires_at), sa.Numeric()), 6)
+    detail = sa.func.jsonb_build_object(sa.literal_column("'lateness_seconds'"), lateness)
+    recorded = events.insert().from_select(
+        ["at", "request_id", "incident_id", "detail", *_EVENT],
+        sa.select(now, expired.c.id, expired.c.incident_id, detail,
+                  *(sa.literal(v, events.c[k].type) for k, v in _EVENT.items())),
+    ).cte("recorded")
+    return Prepared(sa.select(*expired.c).add_cte(recorded))
+
+
+_IDS = postgresql.ARRAY(sa.Uuid())
+_CLAIM = _claim_and_record(only=False)
+_CLAIM_ONLY = _claim_and_record(only=True)
+
+
 async def expire_due_requests(
     conn: AsyncConnection,
     now: datetime,
@@ -41,41 +95,22 @@ async def expire_due_requests(
     only: Sequence[uuid.UUID] | None = None,
     exclude: Sequence[uuid.UUID] = (),
 ) -> ExpiryBatch:
-    """Expire up to ``limit`` due requests and close the incidents left idle: one batch.
-
-    On PostgreSQL the batch is claimed with a materialised CTE ``FOR UPDATE SKIP LOCKED``,
-    so replicas take disjoint rows and never wait on a row a human is deciding.
-    """
-    due = sa.and_(requests.c.status == PENDING, requests.c.expires_at <= now)
-    if only is not None:
-        due = sa.and_(due, requests.c.id.in_(list(only)))
-    if exclude:
-        due = sa.and_(due, requests.c.id.notin_(list(exclude)))
-    values = {
-        "status": RequestStatus.EXPIRED.value,
-        "disposition": Disposition.TIMEOUT_IGNORED.value,
-        "decided_by": TIMEOUT_ACTOR,
-        "decided_at": now,
-    }
-    returning = (requests.c.id, requests.c.incident_id, requests.c.expires_at)
-    claim = sa.select(requests.c.id).where(due).order_by(requests.c.expires_at).limit(limit)
+    """Expire up to ``limit`` due requests and close the incidents left idle: one batch."""
     if conn.dialect.name == "postgresql":
-        cte = claim.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
-        stmt = requests.update().where(requests.c.id == cte.c.id)
-    else:  # SQLite: one writer at a time (BEGIN IMMEDIATE), nothing to skip
-        stmt = requests.update().where(requests.c.id.in_(claim.scalar_subquery()))
-    expired = (await conn.execute(stmt.values(**values).returning(*returning))).mappings().all()
+        statement = _CLAIM if only is None else _CLAIM_ONLY
+        params: dict[str, Any] = {"now": now, "limit": limit, "exclude": list(exclude)}
+        if only is not None:
+            params["only"] = list(only)
+        expired: Sequence[Row] = await statement.rows(conn, params)
+        if expired and wants_events(conn):
+            await announce_events(
+                conn, [_event(r, now) for r in expired], current=(),
+                no_callback=[r["id"] for r in expired if r["callback_url"] is None])
+    else:
+        expired = await _expire_on_sqlite(conn, now, limit=limit, only=only, exclude=exclude)
     batch = ExpiryBatch(expired=list(expired))
     if not expired:
         return batch
-    await insert_rows(conn, events, [
-        {"request_id": r["id"], "incident_id": r["incident_id"],
-         "detail": {"lateness_seconds": round((now - r["expires_at"]).total_seconds(), 6)}}
-        for r in expired
-    ], same={
-        "at": now, "kind": EventKind.REQUEST_EXPIRED.value, "actor": TIMEOUT_ACTOR,
-        "from_status": PENDING, "to_status": RequestStatus.EXPIRED.value,
-    })
     incident_ids = {r["incident_id"] for r in expired if r["incident_id"] is not None}
     closed = await close_incidents(
         conn, now, incident_ids, resolution_type=ResolutionType.TIMEOUT,
@@ -83,6 +118,32 @@ async def expire_due_requests(
     )
     batch.incidents_resolved = len(closed)
     return batch
+
+
+def _event(row: Row, now: datetime) -> dict[str, Any]:
+    """The audit event of one expired request, as the statement or SQLite wrote it."""
+    return {"at": now, "request_id": row["id"], "incident_id": row["incident_id"],
+            "detail": {"lateness_seconds": round((now - row["expires_at"]).total_seconds(), 6)},
+            **_EVENT}
+
+
+async def _expire_on_sqlite(
+    conn: AsyncConnection, now: datetime, *, limit: int,
+    only: Sequence[uuid.UUID] | None, exclude: Sequence[uuid.UUID],
+) -> Sequence[Row]:
+    """One writer at a time (``BEGIN IMMEDIATE``): nothing to skip, two statements."""
+    due = sa.and_(requests.c.status == PENDING, requests.c.expires_at <= now)
+    if only is not None:
+        due = sa.and_(due, requests.c.id.in_(list(only)))
+    if exclude:
+        due = sa.and_(due, requests.c.id.notin_(list(exclude)))
+    claim = sa.select(requests.c.id).where(due).order_by(requests.c.expires_at).limit(limit)
+    stmt = requests.update().where(requests.c.id.in_(claim.scalar_subquery()))
+    result = await conn.execute(stmt.values(**_EXPIRED, decided_at=now).returning(*_RETURNING))
+    expired = result.mappings().all()
+    if expired:
+        await insert_rows(conn, events, [_event(r, now) for r in expired])
+    return expired
 
 
 async def settle_request(conn: AsyncConnection, now: datetime, request_id: uuid.UUID) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff.lifecycle import RequestStatus
-from signoff.notify.outbox import enqueue_for_events
+from signoff.notify.outbox import enqueue_for_events, routing_of
 from signoff.store.prepared import Prepared
 from signoff.tables import events
 
@@ -41,11 +41,25 @@ async def record_events(
         await _EVENT_INSERT.rows(conn, full[0])
     else:
         await conn.execute(events.insert(), full)
-    await enqueue_for_events(conn, full, current=current)
-    # A caller that wants to know what its transaction did (metrics) collects them here.
+    await announce_events(conn, full, current=current)
+
+
+async def announce_events(
+    conn: AsyncConnection, written: Sequence[dict[str, Any]], *,
+    current: Sequence[Row] = (), no_callback: Collection[uuid.UUID] = (),
+) -> None:
+    """What follows audit events written by a statement of the caller's own: their outbox
+    rows, and the caller's collection of them (``EVENTS_KEY``)."""
+    await enqueue_for_events(conn, written, current=current, no_callback=no_callback)
     collected = conn.info.get(EVENTS_KEY)
     if collected is not None:
-        collected.extend(full)
+        collected.extend(written)
+
+
+def wants_events(conn: AsyncConnection) -> bool:
+    """Whether ``announce_events`` has anything to do: a channel is on, or events are
+    collected. Without either, a statement that writes its own events need not list them."""
+    return routing_of(conn) is not None or conn.info.get(EVENTS_KEY) is not None
 
 
 def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
@@ -81,11 +95,7 @@ async def insert_rows(
         return
     same = same or {}
     if table is events:
-        written = [{**same, **row} for row in rows]
-        await enqueue_for_events(conn, written)
-        collected = conn.info.get(EVENTS_KEY)
-        if collected is not None:
-            collected.extend(written)
+        await announce_events(conn, [{**same, **row} for row in rows])
     if conn.dialect.name != "postgresql":
         await conn.execute(table.insert(), [{**same, **row} for row in rows])
         return
