@@ -39,7 +39,7 @@ from signoff.metrics import Metrics
 from signoff.notify.outbox import ADDED_KEY as OUTBOX_ADDED
 from signoff.notify.reminders import first_reminder
 from signoff.policy import APPROVED, PolicyHolder
-from signoff.policy.record import encode_record
+from signoff.policy.record import encode_verdict
 from signoff.schemas import (
     DecisionIn,
     IncidentIn,
@@ -268,7 +268,7 @@ class Service(BrowsingOperations, GroupOperations, LinkOperations, PolicyOperati
                 **body.model_dump(), "incident_id": incident and incident["id"],
                 "needs_analysis": settings.is_placeholder(body.action),
                 "next_reminder_at": first_reminder(now, expires_at, settings.reminders),
-                "policy": record and encode_record(record),
+                "policy": verdict[0] and encode_verdict(verdict[0]),
             }
             row, created = await store.create_request(
                 conn, now, actor=who.name, data=data, expires_at=expires_at,

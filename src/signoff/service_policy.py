@@ -118,10 +118,10 @@ class PolicyOperations:
             return
         m = self.metrics
         m.policy_decisions.labels(decision=verdict.decision, rule=verdict.rule or "").inc()
-        for e in verdict.evaluations:
-            m.policy_evaluations[(e.rule, e.mode, "true" if e.holds else "false")] += 1
-            for code in e.codes:
-                m.policy_reasons[(e.rule, code)] += 1
+        evaluations = verdict.evaluations
+        m.policy_evaluations.update(
+            (e.rule, e.mode, "true" if e.holds else "false") for e in evaluations)
+        m.policy_reasons.update((e.rule, code) for e in evaluations for code in e.codes)
         log.info("policy_evaluated", request_id=request_id, decision=verdict.decision,
                  rule=verdict.rule, held=sum(e.holds for e in verdict.evaluations))
 

@@ -186,6 +186,24 @@ async def test_the_limit_counts_per_service_in_the_trailing_window(
         assert "requests with no service" in reasons(no_service[2], "limited")[0]
 
 
+async def test_creates_at_once_never_take_more_places_than_the_limit(
+    clocked_db: Database, db_url: str, tmp_path: Path
+) -> None:
+    """Eight creates for one service at once, each for an incident of its own (so no
+    incident's lock puts them in turn): exactly the limit's two are auto-approved, and the
+    others say the limit is reached."""
+    path = write_policy(tmp_path / "policy.toml", LIMIT)
+    async with policy_api(clocked_db, db_url, path) as api:
+        incidents = [await incident(api, f"fp-at-once-{n}") for n in range(8)]
+        made = await asyncio.gather(*(ask(api, "restart web", incident_id=i["id"])
+                                      for i in incidents))
+        approved = [r for r in made if r["status"] == "approved"]
+        assert len(approved) == 2, [r["status"] for r in made]
+        for r in made:
+            if r["status"] == "pending":
+                assert reasons(r, "limited")[0].startswith("limit reached: 2 auto-approvals")
+
+
 PRECEDENT = """
 [[rules]]
 name = "learned"

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from signoff.lifecycle import Risk, Severity
-from signoff.policy.rules import RISK_ORDER, SEVERITY_ORDER, WEEKDAYS, Policy, Rule
+from signoff.policy.rules import RISK_ORDER, SEVERITY_ORDER, WEEKDAYS, Check, Policy, Reach
 
 APPROVED, NONE, PAUSED = "approved", "none", "paused"
 
@@ -49,15 +49,17 @@ class HistoryQuery:
 
 class Lookups(Protocol):
     async def history(
-        self, query: HistoryQuery
+        self, query: HistoryQuery, *, locked: bool = False
     ) -> tuple[bool, list[tuple[str, str, datetime, bool]]]:
-        """Whether the policy is paused, and rows ``(kind, name, at, ok)``: kind
+        """Whether the policy is paused, and rows ``(kind, name, at, ok)``, read in one
+        statement (after taking the lock of the limits for ``query.service`` first when
+        ``locked``): kind
         ``limit`` with the rule's name for each of its auto-approvals, or kind
         ``fingerprint``/``service`` for each decision by people (``ok``: approved and
         reported succeeded; false: rejected)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Evaluation:
     rule: str
     mode: str
@@ -86,22 +88,9 @@ class Verdict:
                 "evaluations": [e.as_json() for e in self.evaluations]}
 
 
-def _listed(values: list[str]) -> str:
-    return ", ".join(values)
-
-
-def _days(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def check_request(rule: Rule, facts: Facts, zone_name: str, folded: str | None = None
-                  ) -> Evaluation:
+def check_request(rule: Check, facts: Facts, zone_name: str, folded: str) -> Evaluation:
     """The conditions that need no database, each failed one a reason (``folded``: the
-    action trimmed and case-folded, when the caller has it)."""
+    action trimmed and case-folded)."""
     out = Evaluation(rule.name, rule.mode, True)
     if facts.placeholder:
         out.fail("placeholder", "the action is a placeholder (it needs analysis): "
@@ -111,28 +100,28 @@ def check_request(rule: Rule, facts: Facts, zone_name: str, folded: str | None =
                  if facts.required_approvals > 1 else "named approvers")
         out.fail("asks_for_people", f"the request asks for people ({asked}): never "
                  "approved automatically")
-    if not rule.matches_folded(folded or facts.action.strip().casefold()):
+    if rule.pattern.match(folded) is None:
         out.fail("actions", f"action {facts.action!r} matches none of actions "
-                 f"{_listed(rule.actions)}")
+                 f"{rule.actions}")
     if rule.requesters is not None and facts.requested_by not in rule.requesters:
         out.fail("requesters", f"requested by {facts.requested_by}, who is not one of "
-                 f"requesters {_listed(rule.requesters)}")
-    if rule.max_risk is not None and RISK_ORDER[facts.risk] > RISK_ORDER[rule.max_risk]:
-        out.fail("max_risk", f"risk {facts.risk} is above max_risk {rule.max_risk}")
+                 f"requesters {rule.requesters_text}")
+    if rule.max_risk is not None and RISK_ORDER[facts.risk] > rule.max_risk:
+        out.fail("max_risk", f"risk {facts.risk} is above max_risk {rule.rule.max_risk}")
     if rule.max_severity is not None:
         if facts.severity is None:
             out.fail("max_severity", f"the request has no incident, so no severity to "
-                     f"compare with max_severity {rule.max_severity}")
-        elif SEVERITY_ORDER[facts.severity] > SEVERITY_ORDER[rule.max_severity]:
+                     f"compare with max_severity {rule.rule.max_severity}")
+        elif SEVERITY_ORDER[facts.severity] > rule.max_severity:
             out.fail("max_severity", f"severity {facts.severity} is above max_severity "
-                     f"{rule.max_severity}")
+                     f"{rule.rule.max_severity}")
     if rule.services is not None:
         if facts.service is None:
             out.fail("services", "the request has no incident with a service, so it is "
-                     f"not one of services {_listed(rule.services)}")
+                     f"not one of services {rule.services_text}")
         elif facts.service not in rule.services:
             out.fail("services", f"service {facts.service} is not one of services "
-                     f"{_listed(rule.services)}")
+                     f"{rule.services_text}")
     if rule.exclude_services is not None and facts.service in rule.exclude_services:
         out.fail("exclude_services", f"service {facts.service} is in exclude_services")
     window = rule.window
@@ -142,40 +131,36 @@ def check_request(rule: Rule, facts: Facts, zone_name: str, folded: str | None =
         day = WEEKDAYS[facts.now.weekday()]
         if day not in rule.weekdays:
             out.fail("weekdays", f"{day} ({facts.now:%Y-%m-%d} {zone_name}) is not one of "
-                     f"weekdays {_listed(list(rule.weekdays))}")
+                     f"weekdays {rule.weekdays_text}")
     return out
 
 
 @dataclass
 class History:
-    """What the rules that may still hold need from the database, read in a few
-    statements for all of them: their auto-approvals, and people's decisions (each list
-    sorted by time, so that a rule's window is two bisections)."""
+    """What the rules that may still hold need from the database, read in one statement
+    for all of them: their auto-approvals, and people's decisions (each list sorted by
+    time, so that a rule's window is two bisections)."""
 
     approvals: dict[str, list[datetime]] = field(default_factory=dict)
     decisions: dict[str, tuple[list[datetime], list[int], list[int]]] = field(
         default_factory=dict)
 
-    @classmethod
-    async def read(
-        cls, rules: list[Rule], facts: Facts, lookups: Lookups
-    ) -> tuple[bool, History]:
-        """Whether the policy is paused, and the history: two statements at most."""
-        limited = [r for r in rules if r.limit is not None]
+    @staticmethod
+    def query(reach: Reach, facts: Facts) -> HistoryQuery:
+        """What rules of that ``reach`` need read for these facts."""
         decided = []
-        for by in ("fingerprint", "service"):
-            windows = [r.precedent.within for r in rules
-                       if r.precedent is not None and r.precedent.by == by]
-            key = facts.fingerprint if by == "fingerprint" else facts.service
-            if windows and key is not None:
-                decided.append((by, key, facts.now - max(windows)))
-        query = HistoryQuery(
+        for by, key in (("fingerprint", facts.fingerprint), ("service", facts.service)):
+            within = reach.windows.get(by)
+            if within is not None and key is not None:
+                decided.append((by, key, facts.now - within))
+        return HistoryQuery(
             action=facts.action.strip().casefold(), service=facts.service,
-            limited=tuple(r.name for r in limited),
-            limited_since=facts.now - max(r.limit.per for r in limited if r.limit is not None)
-            if limited else None,
+            limited=reach.limited,
+            limited_since=None if reach.limit_per is None else facts.now - reach.limit_per,
             decided=tuple(decided))
-        paused, rows = await lookups.history(query)
+
+    @classmethod
+    def of(cls, rows: list[tuple[str, str, datetime, bool]]) -> History:
         out = cls()
         found: dict[str, list[tuple[datetime, bool]]] = {}
         for kind, name, at, ok in sorted(rows, key=lambda row: row[2]):
@@ -191,56 +176,77 @@ class History:
                 succeeded[i] = succeeded[i + 1] + decisions[i][1]
                 rejected[i] = rejected[i + 1] + (not decisions[i][1])
             out.decisions[by] = ([at for at, _ in decisions], succeeded, rejected)
-        return paused, out
-
-    def since(self, by: str, since: datetime) -> tuple[int, int]:
-        """People's (succeeded approvals, rejections) after ``since``."""
-        times, succeeded, rejected = self.decisions.get(by, ([], [0], [0]))
-        i = bisect_right(times, since)
-        return succeeded[i], rejected[i]
+        return out
 
 
-def check_history(rule: Rule, facts: Facts, out: Evaluation, history: History) -> None:
+
+def check_history(rule: Check, facts: Facts, out: Evaluation, history: History) -> None:
     """A rule's ``limit`` and ``precedent``, from what ``History`` read."""
     now = facts.now
-    if rule.limit is not None:
-        times = history.approvals.get(rule.name, [])
-        done = len(times) - bisect_right(times, now - rule.limit.per)
-        if done >= rule.limit.count:
+    limit = rule.limit
+    if limit is not None:
+        times = history.approvals.get(rule.name)
+        done = 0 if not times else len(times) - bisect_right(times, now - limit.per)
+        if done >= limit.count:
             where = f"service {facts.service}" if facts.service else "requests with no service"
             out.fail("limit", f"limit reached: {done} auto-approvals by this rule for {where} "
-                     f"in the last {_days(rule.limit.per)} (limit {rule.limit.count})")
-    if rule.precedent is not None:
-        p = rule.precedent
-        key = facts.fingerprint if p.by == "fingerprint" else facts.service
-        if key is None:
-            out.fail("precedent", f"precedent is by {p.by}, and the request has none")
-            return
-        succeeded, rejected = history.since(p.by, now - p.within)
-        if rejected:
-            out.fail("precedent", f"a person rejected this action for {p.by} {key} in the "
-                     f"last {_days(p.within)} ({rejected} rejection(s))")
-        elif succeeded < p.approved:
-            out.fail("precedent", f"only {succeeded} of the {p.approved} approvals by people "
-                     f"with a reported success needed for {p.by} {key} in the last "
-                     f"{_days(p.within)}")
+                     f"in the last {rule.limit_text} (limit {limit.count})")
+    p = rule.precedent
+    if p is None:
+        return
+    by = p.by
+    key = facts.fingerprint if by == "fingerprint" else facts.service
+    if key is None:
+        out.fail("precedent", f"precedent is by {by}, and the request has none")
+        return
+    found = history.decisions.get(by)
+    succeeded = rejected = 0
+    if found is not None:
+        i = bisect_right(found[0], now - p.within)
+        succeeded, rejected = found[1][i], found[2][i]
+    if rejected:
+        out.fail("precedent", f"a person rejected this action for {by} {key} in the "
+                 f"last {rule.within_text} ({rejected} rejection(s))")
+    elif succeeded < p.approved:
+        out.fail("precedent", f"only {succeeded} of the {p.approved} approvals by people "
+                 f"with a reported success needed for {by} {key} in the last "
+                 f"{rule.within_text}")
+
+
+def _chosen(checked: list[tuple[Check, Evaluation]]) -> Check | None:
+    return next((c for c, e in checked if e.holds and c.mode == "enforce"), None)
 
 
 async def evaluate(policy: Policy, facts: Facts, lookups: Lookups, *, zone_name: str
                    ) -> Verdict:
     """Every rule, in file order; the first ``enforce`` rule that holds approves (unless
     the policy is paused: then the decision is ``paused`` and people decide). Without a
-    rule that holds on the request itself, the database is not read at all."""
+    rule that holds on the request itself, the database is not read at all.
+
+    The history is read once, without a lock. Only when it would let a rule with a
+    ``limit`` approve is it read again under that limit's lock: another create may be
+    taking the last place at this moment, and only a read after the lock sees it (a read
+    without it can only count fewer approvals, never more)."""
     folded = facts.action.strip().casefold()
-    evaluations = [check_request(rule, facts, zone_name, folded) for rule in policy.rules]
-    open_rules = [r for r, e in zip(policy.rules, evaluations, strict=True) if e.holds]
-    paused = False
-    if open_rules:
-        paused, history = await History.read(open_rules, facts, lookups)
-        for rule, out in zip(policy.rules, evaluations, strict=True):
-            if out.holds:
-                check_history(rule, facts, out, history)
-    chosen = next((e.rule for e in evaluations if e.holds and e.mode == "enforce"), None)
+    evaluations = [check_request(c, facts, zone_name, folded) for c in policy.checks]
+    checked = [(c, e) for c, e in zip(policy.checks, evaluations, strict=True) if e.holds]
+    if not checked:
+        return Verdict(NONE, None, evaluations)
+    reach = (policy.reach if len(checked) == len(policy.checks)
+             else Reach.of([c for c, _ in checked]))
+    query = History.query(reach, facts)
+    paused, rows = await lookups.history(query)
+    history = History.of(rows)
+    for rule, out in checked:
+        check_history(rule, facts, out, history)
+    chosen = _chosen(checked)
+    if chosen is not None and chosen.limit is not None and not paused:
+        paused, rows = await lookups.history(query, locked=True)
+        history = History.of(rows)
+        for rule, out in checked:
+            out.holds, out.codes, out.reasons = True, [], []
+            check_history(rule, facts, out, history)
+        chosen = _chosen(checked)
     if chosen is None:
         return Verdict(NONE, None, evaluations)
-    return Verdict(PAUSED if paused else APPROVED, chosen, evaluations)
+    return Verdict(PAUSED if paused else APPROVED, chosen.name, evaluations)

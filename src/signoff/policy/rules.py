@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -166,12 +166,102 @@ class PolicyFile(Strict):
     rules: list[Rule] = Field(default_factory=list)
 
 
+def shown_duration(delta: timedelta) -> str:
+    """A duration as a policy file writes it: ``30d``, ``12h``, ``90s``."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A rule compiled once for evaluation: sets, orders, its globs as one expression,
+    and the parts of its reasons that do not change from one request to the next."""
+
+    name: str
+    mode: str
+    pattern: re.Pattern[str]
+    actions: str
+    requesters: frozenset[str] | None
+    requesters_text: str
+    max_risk: int | None
+    max_severity: int | None
+    services: frozenset[str] | None
+    services_text: str
+    exclude_services: frozenset[str] | None
+    window: Hours | None
+    weekdays: frozenset[str] | None
+    weekdays_text: str
+    limit: Limit | None
+    limit_text: str
+    precedent: Precedent | None
+    within_text: str
+    rule: Rule
+
+    @classmethod
+    def of(cls, rule: Rule) -> Check:
+        def listed(values: list[str] | None) -> str:
+            return ", ".join(values or ())
+
+        return cls(
+            name=rule.name, mode=rule.mode, pattern=rule.pattern, actions=listed(rule.actions),
+            requesters=None if rule.requesters is None else frozenset(rule.requesters),
+            requesters_text=listed(rule.requesters),
+            max_risk=None if rule.max_risk is None else RISK_ORDER[rule.max_risk],
+            max_severity=(None if rule.max_severity is None
+                          else SEVERITY_ORDER[rule.max_severity]),
+            services=None if rule.services is None else frozenset(rule.services),
+            services_text=listed(rule.services),
+            exclude_services=(None if rule.exclude_services is None
+                              else frozenset(rule.exclude_services)),
+            window=rule.window,
+            weekdays=None if rule.weekdays is None else frozenset(rule.weekdays),
+            weekdays_text=listed(list(rule.weekdays or ())),
+            limit=rule.limit,
+            limit_text="" if rule.limit is None else shown_duration(rule.limit.per),
+            precedent=rule.precedent,
+            within_text="" if rule.precedent is None else shown_duration(rule.precedent.within),
+            rule=rule,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """How much history some rules need: the names of those with a ``limit`` and the
+    longest of their windows, and the longest ``precedent`` window by each key."""
+
+    limited: tuple[str, ...]
+    limit_per: timedelta | None
+    windows: dict[str, timedelta]
+
+    @classmethod
+    def of(cls, checks: list[Check] | tuple[Check, ...]) -> Reach:
+        pers = [c.limit.per for c in checks if c.limit is not None]
+        windows: dict[str, timedelta] = {}
+        for c in checks:
+            p = c.precedent
+            if p is not None and (p.by not in windows or p.within > windows[p.by]):
+                windows[p.by] = p.within
+        return cls(tuple(c.name for c in checks if c.limit is not None),
+                   max(pers) if pers else None, windows)
+
+
 @dataclass(frozen=True)
 class Policy:
-    """Rules in file order, as read from ``source``."""
+    """Rules in file order, as read from ``source``; ``checks``: each compiled once, and
+    ``reach``: the history all of them need."""
 
     rules: tuple[Rule, ...]
     source: str
+    checks: tuple[Check, ...] = field(init=False, repr=False, compare=False)
+    reach: Reach = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checks = tuple(Check.of(rule) for rule in self.rules)
+        object.__setattr__(self, "checks", checks)
+        object.__setattr__(self, "reach", Reach.of(checks))
 
 
 class PolicyError(ValueError):

@@ -124,24 +124,32 @@ def _limited(service: bool) -> Any:
     )
 
 
+_OPEN_PAUSE = sa.exists().where(policy_pauses.c.open.is_(True))
+
+
+def _paused() -> Any:
+    """One row of kind ``paused`` while the policy is paused (the kill switch)."""
+    return sa.select(
+        sa.literal_column("'paused'").label("kind"), sa.null().label("name"),
+        sa.null().label("at"), sa.null().label("ok"),
+    ).where(_OPEN_PAUSE)
+
+
 @functools.cache
 def history_statement(limited: bool, service: bool, decided: tuple[str, ...]) -> Prepared:
-    """All the history one create's policy needs, one statement (built once per shape)."""
+    """The kill switch and all the history one create's policy needs, one statement
+    (built once per shape)."""
     column = {"fingerprint": requests.c.fingerprint, "service": requests.c.service}
     parts = [_limited(service)] if limited else []
     parts += [_decisions(column[by], by, n) for n, by in enumerate(decided)]
-    return Prepared(parts[0] if len(parts) == 1 else sa.union_all(*parts))
+    # Last: the columns' types are the first part's (a NULL has none to give).
+    return Prepared(sa.union_all(*parts, _paused()) if parts else _paused())
 
 
-_OPEN_PAUSE = sa.exists().where(policy_pauses.c.open.is_(True))
-PAUSED = Prepared(sa.select(_OPEN_PAUSE.label("paused")))
 # Two creates at once must not both take the last place under a limit: they count one
-# after the other (SQLite's writers take turns anyway).
-PAUSED_AND_LOCKED = Prepared(sa.select(
-    _OPEN_PAUSE.label("paused"),
-    sa.func.pg_advisory_xact_lock(
-        sa.func.hashtextextended(sa.bindparam("key", type_=sa.Text()), 0)).label("locked"),
-))
+# after the other, each after taking this lock (SQLite's writers take turns anyway).
+LIMITS_LOCK = Prepared(sa.select(sa.func.pg_advisory_xact_lock(
+    sa.func.hashtextextended(sa.bindparam("key", type_=sa.Text()), 0)).label("locked")))
 
 
 class PolicyLookups:
@@ -151,17 +159,10 @@ class PolicyLookups:
         self.conn = conn
 
     async def history(
-        self, query: HistoryQuery
+        self, query: HistoryQuery, *, locked: bool = False
     ) -> tuple[bool, list[tuple[str, str, datetime, bool]]]:
-        postgres = self.conn.dialect.name == "postgresql"
-        if postgres and query.limited:
-            state = await PAUSED_AND_LOCKED.first(
-                self.conn, {"key": f"signoff-limit|{query.service!r}"})
-        else:
-            state = await PAUSED.first(self.conn, {})
-        paused = bool(state and state["paused"])
-        if not query.limited and not query.decided:
-            return paused, []
+        if locked and self.conn.dialect.name == "postgresql":
+            await LIMITS_LOCK.first(self.conn, {"key": f"signoff-limit|{query.service!r}"})
         params: dict[str, Any] = {"action": query.action, "service": query.service,
                                   "limited_since": query.limited_since}
         for n, (_, key, since) in enumerate(query.decided):
@@ -169,10 +170,13 @@ class PolicyLookups:
         statement = history_statement(bool(query.limited), query.service is not None,
                                       tuple(by for by, _, _ in query.decided))
         cut = len(POLICY_ACTOR_PREFIX)
-        out = []
+        paused, out = False, []
         for row in await statement.rows(self.conn, params):
-            if row["kind"] != "limit":
-                out.append((row["kind"], row["kind"], row["at"], bool(row["ok"])))
+            kind = row["kind"]
+            if kind == "paused":
+                paused = True
+            elif kind != "limit":
+                out.append((kind, kind, row["at"], bool(row["ok"])))
             elif row["name"][cut:] in query.limited:
                 out.append(("limit", row["name"][cut:], row["at"], False))
         return paused, out
