@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,18 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def _differences(sync_conn: sa.Connection, target: sa.MetaData = metadata) -> list[Any]:
     context = MigrationContext.configure(sync_conn, opts={"compare_type": True})
-    return list(compare_metadata(context, target))
+    with _expressions_unreflected():
+        return list(compare_metadata(context, target))
+
+
+@contextlib.contextmanager
+def _expressions_unreflected() -> Iterator[None]:
+    """SQLAlchemy does not reflect an index on an expression on SQLite (precedent's, on
+    lower(action)), and says so; ``test_the_partial_indexes_exist`` checks those."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression")
+        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression")
+        yield
 
 
 def _drifted() -> sa.MetaData:
@@ -74,6 +87,11 @@ def _kind(difference: Any) -> str:
 
 
 def _schema(sync_conn: sa.Connection) -> dict[str, Any]:
+    with _expressions_unreflected():
+        return _reflected(sync_conn)
+
+
+def _reflected(sync_conn: sa.Connection) -> dict[str, Any]:
     inspector = sa.inspect(sync_conn)
     return {
         table: {
@@ -130,6 +148,10 @@ async def test_the_partial_indexes_exist(empty_url: str) -> None:
         assert "fingerprint IS NOT NULL" in rows["uq_incidents_open_fingerprint"]
         assert "status = 'pending'" in rows["ix_approval_requests_pending_deadline"]
         assert "idempotency_key IS NOT NULL" in rows["uq_approval_requests_idempotency"]
+        for key in ("fingerprint", "service"):  # precedent: by key, action and time
+            body = rows[f"ix_approval_requests_human_{key}"].lower()
+            assert f"{key}, loweraction, decided_at" in body, body
+            assert "'human_approved'" in body and "'human_rejected'" in body, body
         for name in ("uq_incidents_open_fingerprint", "uq_approval_requests_idempotency"):
             assert "UNIQUE" in rows[name].upper()
     finally:
