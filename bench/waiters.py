@@ -464,7 +464,8 @@ class HeapProbe:
     for one line, SIGUSR1 for one before and one after ``malloc_trim(0)``."""
 
     KEEP = ("note", "rss_mb", "blocks", "gc_objects", "heap_used_mb", "heap_free_mb",
-            "mmap_mb", "pyarenas_mb", "pyblocks_mb")
+            "mmap_mb", "pyarenas_mb", "pyblocks_mb", "frozen", "frozen_garbage",
+            "frozen_garbage_kinds")
     GC = ("gc2_pauses_ms", "gc01_count", "gc01_ms")
 
     def __init__(self, path: Path, pid: int) -> None:
@@ -530,8 +531,8 @@ class Run:
         mem[key] = reading = await settled_memory(self.a.pid)
         if self.heap is not None:
             if key == "after":
-                mem["heap_" + key], mem["heap_after_trim"] = await self.heap.ask(
-                    signal.SIGUSR1, 2)
+                (mem["heap_" + key], mem["heap_after_full_collection"],
+                 mem["heap_after_trim"]) = await self.heap.ask(signal.SIGUSR1, 3)
             else:
                 mem["heap_" + key], = await self.heap.ask(signal.SIGUSR2, 1)
         return reading
@@ -712,7 +713,8 @@ class Run:
               f"{after['fds']} descriptors ({idle and idle['fds']} idle); the gauge says "
               f"{mem['gauge_after']}", flush=True)
         if self.heap is not None:
-            for key in ("heap_idle", "heap_waiting", "heap_after", "heap_after_trim"):
+            for key in ("heap_idle", "heap_waiting", "heap_after", "heap_after_full_collection",
+                        "heap_after_trim"):
                 if key in mem:
                     print(f"{key}: {mem[key]}", flush=True)
 
