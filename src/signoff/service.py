@@ -171,7 +171,7 @@ class Service(BrowsingOperations, GroupOperations, LinkOperations, PolicyOperati
         (and their precedents)."""
 
         async def work(conn: AsyncConnection, now: datetime) -> dict[uuid.UUID, Reading]:
-            found = await queries.requests_by_id(conn, ids)
+            found = await store.read_requests(conn, ids)
             outs = [request_view(r, votes, now) for r, votes in found]
             await attach_precedents(conn, [r for r, _ in found], outs)
             return {r["id"]: (out, (r["expires_at"] - now).total_seconds())
