@@ -75,3 +75,33 @@ async def test_cancelled_it_leaves_nothing_frozen() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert gc.get_freeze_count() == 0
+
+
+def test_memory_is_trimmed_once_the_waiters_have_drained() -> None:
+    trims: list[int] = []
+    count = [0]
+    collector = Collector(full_every=3600, waiting=lambda: count[0],
+                          trim=lambda: trims.append(count[0]))
+    for waiting in (10, 500, 2000, 10_000, 5000, 1001):
+        count[0] = waiting
+        collector.step()
+    assert trims == []  # still many waiting
+    count[0] = 40
+    collector.step()
+    assert trims == [40]  # from 10,000 to under a tenth of that
+    for waiting in (0, 30, 0):
+        count[0] = waiting
+        collector.step()
+    assert trims == [40]  # once per drain
+    for waiting in (3000, 100):
+        count[0] = waiting
+        collector.step()
+    assert trims == [40, 100]
+
+
+def test_a_few_waiters_come_and_gone_trim_nothing() -> None:
+    trims: list[int] = []
+    collector = Collector(full_every=3600, trim=lambda: trims.append(1))
+    for waiting in (0, 999, 0, 500, 0):
+        assert not collector.trim_after_drain(waiting)
+    assert trims == []
