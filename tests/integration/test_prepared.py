@@ -92,3 +92,13 @@ async def test_the_batch_read_gives_the_same_requests_and_approvals_both_ways(
     assert plain(through_asyncpg) == plain(through_sqlalchemy)
     assert set(plain(through_asyncpg)) == set(ids)
     assert [v["approver"] for v in plain(through_asyncpg)[ids[0]][1]] == ["alice"]
+
+
+async def test_a_read_of_statements_runs_on_asyncpg_outside_any_transaction(
+    db: Database,
+) -> None:
+    async def in_transaction(conn: Any, now: datetime) -> bool:
+        return bool(conn.info[DRIVER_KEY].is_in_transaction())
+
+    assert await db.run(in_transaction, readonly=True)
+    assert not await db.run(in_transaction, readonly=True, statements=True)
