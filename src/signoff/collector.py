@@ -18,7 +18,8 @@ every 15 minutes, so such garbage stays bounded; each is logged as
 ``gc_full_collection`` with its pause.
 
 Once the long-poll waiters have drained (their count, having reached ``DRAINED_FROM``,
-falls to a tenth of its peak), the C heap's free memory is given back to the system
+falls to a tenth of its peak and stays there for ``SETTLE`` seconds, while their
+connections close), the C heap's free memory is given back to the system
 (glibc's ``malloc_trim(0)``, logged as ``memory_trimmed``): the waiters' buffers and
 large objects came from it, and glibc keeps what it freed for later. Python's own
 small-object allocator is not reached by it: an arena of it goes back only once every
@@ -45,6 +46,7 @@ _FLOOR = 500_000
 # Waiters drained: from a peak of at least this many to a tenth of it.
 DRAINED_FROM = 1000
 DRAINED_TO = 0.1
+SETTLE = 10.0
 
 log = get_logger("signoff.collector")
 
@@ -65,6 +67,7 @@ class Collector:
         self._after_full = 0  # memory blocks in use after the last full collection
         self._last_full = monotonic()
         self._peak = 0  # the most waiters since the last trim
+        self._drained_at: float | None = None  # when they fell to a tenth of the peak
 
     def step(self) -> None:
         """One turn: freeze what survived; a full collection if one is due."""
@@ -78,10 +81,17 @@ class Collector:
 
     def trim_after_drain(self, waiting: int) -> bool:
         """Give the C heap's free memory back if the waiters have drained since their
-        peak; whether it did."""
+        peak, ``SETTLE`` seconds ago; whether it did."""
         self._peak = max(self._peak, waiting)
         if self.trim is None or self._peak < DRAINED_FROM or waiting > DRAINED_TO * self._peak:
+            self._drained_at = None
             return False
+        now = self.monotonic()
+        if self._drained_at is None:
+            self._drained_at = now
+        if now - self._drained_at < SETTLE:
+            return False
+        self._drained_at = None
         before, started = resident_mb(), time.perf_counter()
         self.trim()
         log.info("memory_trimmed", waiters=waiting, peak=self._peak, rss_mb_before=before,
