@@ -99,6 +99,7 @@ from api import (
 )
 from soak import spawn_replica
 
+from signoff.collector import SETTLE
 from signoff.settings import Settings
 from signoff.store import CHANGED_CHANNEL
 
@@ -705,6 +706,9 @@ class Run:
         with contextlib.suppress(SystemExit):
             await gauge_reaches(self.http, self.a, 0, within=30)
         mem["gauge_after"] = await gauge(self.http, self.a)
+        # The server gives memory back once its waiters have stayed drained for
+        # signoff.collector.SETTLE seconds: the reading comes after that.
+        await asyncio.sleep(SETTLE + 2)
         after = await self.memory("after", mem)
         idle = mem.get("idle")
         if idle is not None:
