@@ -49,7 +49,8 @@ decisions fail 50 times stops there, and the phases after it are not run.
 Memory: replica A's resident set (``VmRSS``, and ``Pss`` from ``smaps_rollup``) and its
 open file descriptors, read once the resident set stops moving: idle, after the requests
 are created and before any waiter; with every waiter registered; and after every waiter is
-answered and its connection closed. Reported: KB per waiter, ``(with - idle) / waiters``,
+answered and its connection closed, once the server's trim after a drain is due (12 s
+later). Reported: KB per waiter, ``(with - idle) / waiters``,
 and ``after / idle``. With ``--probe``, replica A runs under ``bench/memprobe.py`` (see
 ``bench/soak.py``) and each reading adds its heap: Python's allocated blocks, glibc's heap
 in use and free, and, at the end, the resident set after ``malloc_trim(0)``; so memory
