@@ -43,7 +43,7 @@ FULL_EVERY = 15 * 60.0
 GROWTH = 2.0
 # Below this many memory blocks a full collection is cheap: no need to wait for it.
 _FLOOR = 500_000
-# Waiters drained: from a peak of at least this many to a tenth of it.
+# Waiters drained: from a peak of at least this many to a tenth of it, for SETTLE s.
 DRAINED_FROM = 1000
 DRAINED_TO = 0.1
 SETTLE = 10.0
@@ -70,7 +70,8 @@ class Collector:
         self._drained_at: float | None = None  # when they fell to a tenth of the peak
 
     def step(self) -> None:
-        """One turn: freeze what survived; a full collection if one is due."""
+        """One turn: freeze what survived; a full collection if one is due; the heap
+        trimmed if the waiters have drained."""
         gc.collect(1)  # the young garbage goes first: frozen, a cycle would stay
         gc.freeze()
         grown = sys.getallocatedblocks() > self.growth * max(self._after_full, _FLOOR)
@@ -130,7 +131,7 @@ def malloc_trim() -> Callable[[], object] | None:
     """glibc's ``malloc_trim(0)``; None where there is none (musl, macOS)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: no CDLL(None) (Windows)
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)
