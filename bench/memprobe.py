@@ -19,8 +19,10 @@ pauses: no collection, no count of objects, so it hardly stops the server. A lin
   bytes or less), from ``sys._debugmallocstats()``: the arenas it holds from the system,
   and the bytes of them in use;
 - ``objects``: the count of live objects of the 25 most numerous types;
-- with tracemalloc on (``PYTHONTRACEMALLOC=<frames>``): ``traced_mb``, and the first and
-  the latest snapshot written beside the file (``.first.snap``, ``.last.snap``);
+- with tracemalloc on (``PYTHONTRACEMALLOC=<frames>``, or ``SIGNOFF_MEMPROBE_TRACE=<frames>``
+  to start it at the first SIGUSR2 reading, so that the last snapshot holds what was
+  allocated since and is still alive): ``traced_mb``, and the first and the latest
+  snapshot written beside the file (``.first.snap``, ``.last.snap``);
 - ``gc2_pauses_ms``: how long each full (generation 2) collection since the previous line
   held the process, and ``gc01_count`` / ``gc01_ms``: the younger collections, how many
   and how long in all (the probe's own collection is not counted).
@@ -141,6 +143,7 @@ def reading(out: Path, note: str) -> dict[str, Any]:
         "t": round(time.monotonic() - STARTED, 1), "note": note,
         "rss_mb": round(rss_mb(), 2), "blocks": sys.getallocatedblocks(),
         "gc_objects": sum(counts.values()), "objects": dict(counts.most_common(25)),
+        "frozen": gc.get_freeze_count(),
     }
     line |= obmalloc() | pauses
     if LIBC is not None:
@@ -158,6 +161,25 @@ def reading(out: Path, note: str) -> dict[str, Any]:
     return line
 
 
+def frozen_garbage() -> dict[str, Any]:
+    """A full collection over the frozen objects too (``signoff.collector`` freezes the
+    survivors of young collections): how much garbage in cycles they held, and of what."""
+    frozen = gc.get_freeze_count()
+    GC.probing = True
+    gc.unfreeze()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        found = gc.collect()
+        kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
+        gc.garbage.clear()
+    finally:
+        gc.set_debug(0)
+        gc.collect()  # what DEBUG_SAVEALL kept, freed now
+        GC.probing = False
+    return {"frozen_before": frozen, "frozen_garbage": found,
+            "frozen_garbage_kinds": dict(kinds.most_common(15))}
+
+
 def record(out: Path, *lines: dict[str, Any]) -> None:
     with out.open("a") as f:
         for line in lines:
@@ -169,12 +191,17 @@ def main() -> None:
 
     def on_usr2(_signum: int, _frame: Any) -> None:
         record(out, reading(out, "probe"))
+        frames = os.environ.get("SIGNOFF_MEMPROBE_TRACE")
+        if frames and not tracemalloc.is_tracing():  # from the first reading on
+            tracemalloc.start(int(frames))
 
     def on_usr1(_signum: int, _frame: Any) -> None:
         before = reading(out, "before_trim")
+        garbage = frozen_garbage()
+        full = reading(out, "after_full_collection") | garbage
         if LIBC is not None:
             LIBC.malloc_trim(0)
-        record(out, before, reading(out, "after_trim"))
+        record(out, before, full, reading(out, "after_trim"))
 
     def on_winch(_signum: int, _frame: Any) -> None:
         record(out, {"t": round(time.monotonic() - STARTED, 1), "note": "gc", **GC.take()})

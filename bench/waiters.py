@@ -49,7 +49,8 @@ decisions fail 50 times stops there, and the phases after it are not run.
 Memory: replica A's resident set (``VmRSS``, and ``Pss`` from ``smaps_rollup``) and its
 open file descriptors, read once the resident set stops moving: idle, after the requests
 are created and before any waiter; with every waiter registered; and after every waiter is
-answered and its connection closed. Reported: KB per waiter, ``(with - idle) / waiters``,
+answered and its connection closed, once the server's trim after a drain is due (12 s
+later). Reported: KB per waiter, ``(with - idle) / waiters``,
 and ``after / idle``. With ``--probe``, replica A runs under ``bench/memprobe.py`` (see
 ``bench/soak.py``) and each reading adds its heap: Python's allocated blocks, glibc's heap
 in use and free, and, at the end, the resident set after ``malloc_trim(0)``; so memory
@@ -99,6 +100,7 @@ from api import (
 )
 from soak import spawn_replica
 
+from signoff.collector import SETTLE
 from signoff.settings import Settings
 from signoff.store import CHANGED_CHANNEL
 
@@ -464,7 +466,8 @@ class HeapProbe:
     for one line, SIGUSR1 for one before and one after ``malloc_trim(0)``."""
 
     KEEP = ("note", "rss_mb", "blocks", "gc_objects", "heap_used_mb", "heap_free_mb",
-            "mmap_mb", "pyarenas_mb", "pyblocks_mb")
+            "mmap_mb", "pyarenas_mb", "pyblocks_mb", "frozen", "frozen_garbage",
+            "frozen_garbage_kinds")
     GC = ("gc2_pauses_ms", "gc01_count", "gc01_ms")
 
     def __init__(self, path: Path, pid: int) -> None:
@@ -530,8 +533,8 @@ class Run:
         mem[key] = reading = await settled_memory(self.a.pid)
         if self.heap is not None:
             if key == "after":
-                mem["heap_" + key], mem["heap_after_trim"] = await self.heap.ask(
-                    signal.SIGUSR1, 2)
+                (mem["heap_" + key], mem["heap_after_full_collection"],
+                 mem["heap_after_trim"]) = await self.heap.ask(signal.SIGUSR1, 3)
             else:
                 mem["heap_" + key], = await self.heap.ask(signal.SIGUSR2, 1)
         return reading
@@ -704,6 +707,9 @@ class Run:
         with contextlib.suppress(SystemExit):
             await gauge_reaches(self.http, self.a, 0, within=30)
         mem["gauge_after"] = await gauge(self.http, self.a)
+        # The server gives memory back once its waiters have stayed drained for
+        # signoff.collector.SETTLE seconds: the reading comes after that.
+        await asyncio.sleep(SETTLE + 2)
         after = await self.memory("after", mem)
         idle = mem.get("idle")
         if idle is not None:
@@ -712,7 +718,8 @@ class Run:
               f"{after['fds']} descriptors ({idle and idle['fds']} idle); the gauge says "
               f"{mem['gauge_after']}", flush=True)
         if self.heap is not None:
-            for key in ("heap_idle", "heap_waiting", "heap_after", "heap_after_trim"):
+            for key in ("heap_idle", "heap_waiting", "heap_after", "heap_after_full_collection",
+                        "heap_after_trim"):
                 if key in mem:
                     print(f"{key}: {mem[key]}", flush=True)
 

@@ -16,12 +16,22 @@ the memory blocks Python has handed out have doubled since the last one (a count
 costs a millisecond to take; counting the frozen objects walks them all), and at least
 every 15 minutes, so such garbage stays bounded; each is logged as
 ``gc_full_collection`` with its pause.
+
+Once the long-poll waiters have drained (their count, having reached ``DRAINED_FROM``,
+falls to a tenth of its peak and stays there for ``SETTLE`` seconds, while their
+connections close), the C heap's free memory is given back to the system
+(glibc's ``malloc_trim(0)``, logged as ``memory_trimmed``): the waiters' buffers and
+large objects came from it, and glibc keeps what it freed for later. Python's own
+small-object allocator is not reached by it: an arena of it goes back only once every
+block in it is free (``docs/performance.md``, long-poll waiters, on memory after).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +43,10 @@ FULL_EVERY = 15 * 60.0
 GROWTH = 2.0
 # Below this many memory blocks a full collection is cheap: no need to wait for it.
 _FLOOR = 500_000
+# Waiters drained: from a peak of at least this many to a tenth of it, for SETTLE s.
+DRAINED_FROM = 1000
+DRAINED_TO = 0.1
+SETTLE = 10.0
 
 log = get_logger("signoff.collector")
 
@@ -43,19 +57,49 @@ class Collector:
     def __init__(
         self, *, freeze_every: float = FREEZE_EVERY, full_every: float = FULL_EVERY,
         growth: float = GROWTH, monotonic: Callable[[], float] = time.monotonic,
+        waiting: Callable[[], int] | None = None,
+        trim: Callable[[], object] | None = None,
     ) -> None:
         self.freeze_every, self.full_every, self.growth = freeze_every, full_every, growth
         self.monotonic = monotonic
+        self.waiting = waiting  # how many long-poll waiters there are now
+        self.trim = trim if trim is not None else malloc_trim()
         self._after_full = 0  # memory blocks in use after the last full collection
         self._last_full = monotonic()
+        self._peak = 0  # the most waiters since the last trim
+        self._drained_at: float | None = None  # when they fell to a tenth of the peak
 
     def step(self) -> None:
-        """One turn: freeze what survived; a full collection if one is due."""
+        """One turn: freeze what survived; a full collection if one is due; the heap
+        trimmed if the waiters have drained."""
         gc.collect(1)  # the young garbage goes first: frozen, a cycle would stay
         gc.freeze()
         grown = sys.getallocatedblocks() > self.growth * max(self._after_full, _FLOOR)
         if grown or self.monotonic() - self._last_full >= self.full_every:
             self.collect_all(reason="grown" if grown else "due")
+        if self.waiting is not None:
+            self.trim_after_drain(self.waiting())
+
+    def trim_after_drain(self, waiting: int) -> bool:
+        """Give the C heap's free memory back if the waiters have drained since their
+        peak, ``SETTLE`` seconds ago; whether it did."""
+        self._peak = max(self._peak, waiting)
+        if self.trim is None or self._peak < DRAINED_FROM or waiting > DRAINED_TO * self._peak:
+            self._drained_at = None
+            return False
+        now = self.monotonic()
+        if self._drained_at is None:
+            self._drained_at = now
+        if now - self._drained_at < SETTLE:
+            return False
+        self._drained_at = None
+        before, started = resident_mb(), time.perf_counter()
+        self.trim()
+        log.info("memory_trimmed", waiters=waiting, peak=self._peak, rss_mb_before=before,
+                 rss_mb_after=resident_mb(),
+                 pause_ms=round((time.perf_counter() - started) * 1000, 1))
+        self._peak = waiting
+        return True
 
     def collect_all(self, *, reason: str) -> int:
         """A full collection over every object, frozen ones too; then freeze again."""
@@ -81,3 +125,23 @@ class Collector:
                 self.step()
         finally:
             gc.unfreeze()
+
+
+def malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``; None where there is none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # TypeError: no CDLL(None) (Windows)
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+def resident_mb() -> float | None:
+    """The process's resident set in MB (Linux), else None."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)

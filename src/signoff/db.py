@@ -214,10 +214,17 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def _transaction(self, *, readonly: bool) -> AsyncIterator[AsyncConnection]:
-        """``begin``; on PostgreSQL with the transaction on the asyncpg connection."""
+    async def _transaction(
+        self, *, readonly: bool, statements: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
+        """``begin``; on PostgreSQL with the transaction on the asyncpg connection, or
+        with ``statements``, none: each statement is its own, on a connection in autocommit."""
         if not self.is_postgres:
             async with self.begin(readonly=readonly) as conn:
+                yield conn
+            return
+        if statements:
+            async with self._statements() as conn:
                 yield conn
             return
         conn, driver = await self._checkout()
@@ -252,6 +259,25 @@ class Database:
         finally:
             await conn.close()
 
+    @asynccontextmanager
+    async def _statements(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection in autocommit, its statements run by asyncpg."""
+        conn, driver = await self._checkout()
+        try:
+            info = conn.info
+            info[DRIVER_KEY] = driver
+            try:
+                yield conn
+            except BaseException as exc:
+                error = exc.error if isinstance(exc, _LostBeforeCommit) else exc
+                if isinstance(error, DBAPIError) and error.connection_invalidated:
+                    await conn.invalidate()
+                raise
+            finally:
+                info.pop(DRIVER_KEY, None)
+        finally:
+            await conn.close()
+
     async def _checkout(self) -> tuple[AsyncConnection, Any]:
         """A pooled connection in autocommit and its asyncpg connection. One the server
         has closed (asyncpg knows it without a round trip) is dropped for another."""
@@ -275,13 +301,21 @@ class Database:
         *,
         readonly: bool = False,
         attempts: int = 4,
+        statements: bool = False,
     ) -> T:
         """Run ``work(conn, now)`` in one transaction, again if it was a deadlock victim,
-        and once more if its connection was lost before the commit was sent."""
+        and once more if its connection was lost before the commit was sent.
+
+        ``statements`` (reads only): on PostgreSQL, no transaction around the work, each
+        of its statements being its own. A read of a statement or two whose results need
+        no snapshot in common (under READ COMMITTED a transaction gives them none either)
+        saves the round trips of ``BEGIN`` and ``COMMIT``, each a turn of a busy event
+        loop.
+        """
         lost_before = False
         for attempt in range(1, attempts + 1):
             try:
-                async with self._transaction(readonly=readonly) as conn:
+                async with self._transaction(readonly=readonly, statements=statements) as conn:
                     try:
                         return await work(conn, await self.now(conn))
                     except (DBAPIError, OSError) as exc:

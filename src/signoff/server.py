@@ -27,14 +27,18 @@ class GracefulServer(uvicorn.Server):
     open answer before it runs the lifespan's shutdown).
 
     While it serves, a ``Collector`` keeps the garbage collector's full passes off the
-    long-lived objects (``signoff.collector``).
+    long-lived objects, and gives memory back once the waiters have drained
+    (``signoff.collector``).
     """
 
     _collecting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        self._collecting = asyncio.create_task(Collector().run(), name="signoff-collector")
+        service = getattr(getattr(self.config.app, "state", None), "service", None)
+        waiters = getattr(service, "waiters", None)
+        collector = Collector(waiting=None if waiters is None else waiters.__len__)
+        self._collecting = asyncio.create_task(collector.run(), name="signoff-collector")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         service = getattr(getattr(self.config.app, "state", None), "service", None)

@@ -168,16 +168,17 @@ class Service(BrowsingOperations, GroupOperations, LinkOperations, PolicyOperati
 
     async def _readings(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Reading]:
         """Requests as answered, with the seconds to their deadlines: one query for all
-        (and their precedents)."""
+        (and their approvals and precedents), with no transaction around them (as in one
+        at READ COMMITTED, each statement reads what was committed when it began)."""
 
         async def work(conn: AsyncConnection, now: datetime) -> dict[uuid.UUID, Reading]:
-            found = await queries.requests_by_id(conn, ids)
+            found = await store.read_requests(conn, ids)
             outs = [request_view(r, votes, now) for r, votes in found]
             await attach_precedents(conn, [r for r, _ in found], outs)
             return {r["id"]: (out, (r["expires_at"] - now).total_seconds())
                     for (r, _), out in zip(found, outs, strict=True)}
 
-        return await self._read(work)
+        return await self.db.run(work, readonly=True, statements=True)
 
     # -- incidents ----------------------------------------------------------------------
 

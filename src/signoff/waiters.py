@@ -62,10 +62,11 @@ class Waiters:
 
     def __init__(self) -> None:
         self._waiting: dict[uuid.UUID, set[_Watch]] = {}
+        self._count = 0
         self.closing = False
 
     def __len__(self) -> int:
-        return sum(len(watches) for watches in self._waiting.values())
+        return self._count
 
     def wake(self, request_ids: Iterable[uuid.UUID]) -> None:
         for rid in request_ids:
@@ -97,9 +98,11 @@ class Waiters:
     def _watching(self, rid: uuid.UUID, loop: asyncio.AbstractEventLoop) -> Iterator[_Watch]:
         watch = _Watch(loop)
         self._waiting.setdefault(rid, set()).add(watch)
+        self._count += 1
         try:
             yield watch
         finally:
+            self._count -= 1
             watches = self._waiting.get(rid)
             if watches is not None:
                 watches.discard(watch)

@@ -66,3 +66,39 @@ async def test_an_error_of_asyncpg_is_a_dbapi_error_with_its_sqlstate(db: Databa
         return int((await conn.execute(sa.text("SELECT count(*) FROM events"))).scalar_one())
 
     assert await db.run(count) == 0  # rolled back whole
+
+
+async def test_the_batch_read_gives_the_same_requests_and_approvals_both_ways(
+    db: Database,
+) -> None:
+    async def made(conn: Any, now: datetime) -> list[uuid.UUID]:
+        ids = [(await _create(conn, now, f"k-{i}"))[0]["id"] for i in range(3)]
+        await store.approve_request(conn, now, ids[0], actor="alice", comment="ok")
+        return ids
+
+    ids = await db.run(made)
+    wanted = [*ids, uuid.uuid4()]
+
+    async def direct(conn: Any, now: datetime) -> Any:
+        return await store.read_requests(conn, wanted)
+
+    through_asyncpg = await db.run(direct)
+    async with db.begin() as conn:
+        through_sqlalchemy = await store.read_requests(conn, wanted)
+
+    def plain(found: Any) -> dict[uuid.UUID, tuple[dict[str, Any], list[dict[str, Any]]]]:
+        return {row["id"]: (dict(row), [dict(v) for v in votes]) for row, votes in found}
+
+    assert plain(through_asyncpg) == plain(through_sqlalchemy)
+    assert set(plain(through_asyncpg)) == set(ids)
+    assert [v["approver"] for v in plain(through_asyncpg)[ids[0]][1]] == ["alice"]
+
+
+async def test_a_read_of_statements_runs_on_asyncpg_outside_any_transaction(
+    db: Database,
+) -> None:
+    async def in_transaction(conn: Any, now: datetime) -> bool:
+        return bool(conn.info[DRIVER_KEY].is_in_transaction())
+
+    assert await db.run(in_transaction, readonly=True)
+    assert not await db.run(in_transaction, readonly=True, statements=True)

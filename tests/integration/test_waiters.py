@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors
 from signoff.db import Database
@@ -18,6 +21,7 @@ from signoff.metrics import Metrics
 from signoff.schemas import DecisionIn, RequestIn
 from signoff.service import Service
 from signoff.settings import Settings
+from signoff.store.prepared import Prepared
 from signoff.tables import requests
 from signoff.waiters import BatchReader, Reading, Waiters
 
@@ -159,13 +163,22 @@ async def test_an_approval_short_of_the_quorum_shows_in_a_wait_that_runs_out(
 
 
 async def test_reads_asked_together_are_one_query_each_answered_for_itself(
-    db_url: str,
+    db_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     db = Database.from_settings(Settings(database_url=db_url))
     service = Service(db, Settings(database_url=db_url), Metrics())
     statements: list[str] = []
     sa.event.listen(db.engine.sync_engine, "before_cursor_execute",
                     lambda *args: statements.append(args[2]))
+    run_prepared = Prepared.rows
+
+    async def prepared_rows(
+        self: Prepared, conn: AsyncConnection, params: Mapping[str, Any]
+    ) -> list[Mapping[str, Any]]:  # asyncpg runs these itself, past SQLAlchemy's events
+        statements.append(str(self.statement))
+        return await run_prepared(self, conn, params)
+
+    monkeypatch.setattr(Prepared, "rows", prepared_rows)
     try:
         made = [(await service.create_request(BOT, RequestIn(action=f"a{i}")))[0]
                 for i in range(30)]

@@ -75,3 +75,40 @@ async def test_cancelled_it_leaves_nothing_frozen() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert gc.get_freeze_count() == 0
+
+
+def test_memory_is_trimmed_once_the_waiters_have_drained_and_settled() -> None:
+    trims: list[int] = []
+    count, clock = [0], [0.0]
+    collector = Collector(full_every=3600, waiting=lambda: count[0],
+                          trim=lambda: trims.append(count[0]), monotonic=lambda: clock[0])
+
+    def steps(*counts: int) -> None:
+        for waiting in counts:
+            count[0] = waiting
+            clock[0] += 1.0
+            collector.step()
+
+    steps(10, 500, 2000, 10_000, 5000, 1001)
+    assert trims == []  # still many waiting
+    steps(40, 30, 20, 5000)  # fell to a tenth, came back before it settled
+    assert trims == []
+    steps(*[40] * 10)
+    assert trims == []  # a tenth of the peak for 9 s: their connections may still close
+    steps(40)
+    assert trims == [40]  # 10 s
+    steps(*[0] * 30)
+    assert trims == [40]  # once per drain
+    steps(3000, *[100] * 11)
+    assert trims == [40, 100]
+
+
+def test_a_few_waiters_come_and_gone_trim_nothing() -> None:
+    trims: list[int] = []
+    clock = [0.0]
+    collector = Collector(full_every=3600, trim=lambda: trims.append(1),
+                          monotonic=lambda: clock[0])
+    for waiting in (0, 999, 0, 500, 0):
+        clock[0] += 60
+        assert not collector.trim_after_drain(waiting)
+    assert trims == []

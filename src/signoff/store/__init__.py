@@ -50,6 +50,7 @@ from signoff.store.policy import (
     precedents_of,
     resume_policy,
 )
+from signoff.store.readings import read_requests
 from signoff.store.requests import (
     CHANGED_CHANNEL,
     WAKE_CHANNEL,
@@ -130,6 +131,7 @@ __all__ = [
     "pause_policy",
     "pending_overview",
     "precedents_of",
+    "read_requests",
     "record_events",
     "reject_request",
     "remove_members",
