@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 
+from signoff.collector import Collector
 from signoff.db import Database
 from signoff.intake import AlertmanagerIn
 from signoff.lifecycle import Principal, Role
@@ -176,6 +177,9 @@ async def run(url: str, n: int, creates: int, rules: int) -> dict[str, Any]:
                     incidents.append(made["id"])
                 base: list[float] = []
                 with_policy: list[float] = []
+                # As in `signoff serve`: the garbage collector's full passes kept off
+                # what the process holds for good (signoff.collector).
+                collecting = asyncio.create_task(Collector().run())
                 await _creates(plain, incidents[:50], who)  # warm up both paths
                 await _creates(judged, incidents[50:100], who)
                 block = 100
@@ -183,6 +187,8 @@ async def run(url: str, n: int, creates: int, rules: int) -> dict[str, Any]:
                     base += await _creates(plain, incidents[start:start + block], who)
                     with_policy += await _creates(
                         judged, incidents[start + block:start + 2 * block], who)
+                collecting.cancel()
+                await asyncio.gather(collecting, return_exceptions=True)
                 firing = await _alerts(plain, who, "firing", 1000)
                 resolved = await _alerts(plain, who, "resolved", 1000)
         finally:
