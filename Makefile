@@ -25,8 +25,13 @@ lint: $(BIN)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
+# The suites run on $(WORKERS) processes (pytest-xdist); the reliability suites, which
+# time replicas and crashes against each other, run afterwards on their own.
+WORKERS ?= 2
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(WORKERS) -m "not reliability"
+	$(BIN)/pytest -m reliability
 
 bench-drain: $(BIN)/.installed
 	$(BIN)/python bench/drain.py --database-url $(or $(DATABASE_URL),postgresql://postgres@127.0.0.1:5432/test)
