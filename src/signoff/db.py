@@ -41,6 +41,9 @@ Clock = Callable[[], datetime]
 # SQLSTATEs worth one more try: the transaction did nothing and can simply run again.
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}
 _CLOCK = sa.text("SELECT clock_timestamp()")
+# One round trip (the simple protocol takes both): the transaction, and for its length
+# the plan cache's generic plans (``Database.run(generic_plans=True)``).
+_BEGIN_GENERIC = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
 # Where a transaction of ``Database.run`` on PostgreSQL keeps its asyncpg connection, for
 # the statements that run on it directly (``signoff.store.prepared``).
 DRIVER_KEY = "signoff.asyncpg"
@@ -215,7 +218,7 @@ class Database:
 
     @asynccontextmanager
     async def _transaction(
-        self, *, readonly: bool, statements: bool = False
+        self, *, readonly: bool, statements: bool = False, generic_plans: bool = False
     ) -> AsyncIterator[AsyncConnection]:
         """``begin``; on PostgreSQL with the transaction on the asyncpg connection, or
         with ``statements``, none: each statement is its own, on a connection in autocommit."""
@@ -230,9 +233,8 @@ class Database:
         conn, driver = await self._checkout()
         try:
             info = conn.info  # held: it raises once the connection is lost
-            transaction = driver.transaction()
             try:
-                await transaction.start()
+                await driver.execute(_BEGIN_GENERIC if generic_plans else "BEGIN")
             except DRIVER_ERRORS as exc:
                 error = await _lost(conn, driver_error(exc, "BEGIN", ()))
                 if error.connection_invalidated:  # nothing was done: run starts again
@@ -244,7 +246,7 @@ class Database:
             except BaseException as exc:
                 info.pop(DRIVER_KEY, None)
                 try:
-                    await transaction.rollback()
+                    await driver.execute("ROLLBACK")
                 except DRIVER_ERRORS:  # the connection is gone: so is the transaction
                     await conn.invalidate()
                 else:
@@ -253,7 +255,7 @@ class Database:
                 raise
             info.pop(DRIVER_KEY, None)
             try:
-                await transaction.commit()
+                await driver.execute("COMMIT")
             except DRIVER_ERRORS as exc:
                 raise await _lost(conn, driver_error(exc, "COMMIT", ())) from exc
         finally:
@@ -302,6 +304,7 @@ class Database:
         readonly: bool = False,
         attempts: int = 4,
         statements: bool = False,
+        generic_plans: bool = False,
     ) -> T:
         """Run ``work(conn, now)`` in one transaction, again if it was a deadlock victim,
         and once more if its connection was lost before the commit was sent.
@@ -311,11 +314,18 @@ class Database:
         no snapshot in common (under READ COMMITTED a transaction gives them none either)
         saves the round trips of ``BEGIN`` and ``COMMIT``, each a turn of a busy event
         loop.
+
+        ``generic_plans``: on PostgreSQL, the work's prepared statements run on their
+        generic plans, planned once per connection, instead of being planned again for
+        each call's values (``plan_cache_mode``, set in the ``BEGIN``'s own round trip).
+        For work whose statements are index lookups that any value plans alike, where
+        the planning would cost more than the execution.
         """
         lost_before = False
         for attempt in range(1, attempts + 1):
             try:
-                async with self._transaction(readonly=readonly, statements=statements) as conn:
+                async with self._transaction(readonly=readonly, statements=statements,
+                                             generic_plans=generic_plans) as conn:
                     try:
                         return await work(conn, await self.now(conn))
                     except (DBAPIError, OSError) as exc:

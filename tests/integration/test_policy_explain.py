@@ -1,6 +1,8 @@
 """On PostgreSQL with a hundred thousand requests, the policy's reads (precedent, limits,
 the kill switch), the precedents shown with each request and the open incident by
-fingerprint use indexes: ``EXPLAIN`` shows no sequential scan."""
+fingerprint, and the rest of a create's statements, use indexes: ``EXPLAIN`` shows no
+sequential scan, both in the plan for one call's values and in the generic plan that a
+create's transaction runs."""
 
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ import pytest
 from sqlalchemy.dialects import postgresql
 
 from signoff.store.policy import (
+    _AUTO_APPROVE,
     LATEST_ENTRIES,
     LIMITS_LOCK,
     OPEN_BY_FINGERPRINT,
     history_statement,
 )
 from signoff.store.prepared import Prepared
+from signoff.store.requests import _IDEMPOTENT, _LOCK_INCIDENT
 from tests.conftest import _admin, migrate
 
 pytestmark = pytest.mark.postgres
@@ -75,14 +79,23 @@ def loaded(postgres_url: str) -> Iterator[str]:
     asyncio.run(_admin(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def plan(url: str, prepared: Prepared, values: dict[str, Any]) -> str:
+def plan(url: str, prepared: Prepared, values: dict[str, Any], *, generic: bool) -> str:
+    """The plan for these values, or (``generic``) the generic plan that a create's
+    transaction runs (``Database.run(generic_plans=True)``)."""
     compiled = prepared.statement.compile(dialect=postgresql.asyncpg.dialect())
     args = [values.get(name, compiled.params.get(name)) for name in compiled.positiontup]
 
     async def explain() -> str:
         conn = await asyncpg.connect(url)
         try:
-            rows = await conn.fetch("EXPLAIN " + str(compiled), *args)
+            if generic:
+                await conn.execute("SET plan_cache_mode = force_generic_plan")
+                await conn.execute(f"PREPARE explained AS {compiled}")
+                # A generic plan is the same whatever the values: NULLs stand for them.
+                nulls = ", ".join("NULL" for _ in args)
+                rows = await conn.fetch(f"EXPLAIN EXECUTE explained({nulls})")
+            else:
+                rows = await conn.fetch("EXPLAIN " + str(compiled), *args)
         finally:
             await conn.close()
         return "\n".join(row[0] for row in rows)
@@ -102,10 +115,12 @@ NOW = datetime.now(UTC)
      {"limited_since": NOW - timedelta(hours=1), "key0": "fp-1",
       "since0": NOW - timedelta(days=90), "action": "restart pod web-1"}),
 ])
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
 def test_the_policy_history_reads_use_indexes(
-    loaded: str, shape: tuple[bool, bool, tuple[str, ...]], values: dict[str, Any]
+    loaded: str, shape: tuple[bool, bool, tuple[str, ...]], values: dict[str, Any],
+    generic: bool,
 ) -> None:
-    found = plan(loaded, history_statement(*shape), values)
+    found = plan(loaded, history_statement(*shape), values, generic=generic)
     # The kill switch's table holds a row per pause ever made: a scan of it is no cost.
     scans = [line for line in found.splitlines() if "Seq Scan" in line]
     assert all("on policy_pauses" in line for line in scans), found
@@ -118,9 +133,14 @@ def test_the_policy_history_reads_use_indexes(
     (OPEN_BY_FINGERPRINT, {"fingerprint": "fp-1"}),
     (LATEST_ENTRIES["fingerprint"], {"key": "fp-1"}),
     (LATEST_ENTRIES["service"], {"key": "svc-1"}),
+    # The rest of a create's statements, which run on their generic plans.
+    (_IDEMPOTENT, {"actor": "bot", "key": "k"}),
+    (_LOCK_INCIDENT, {"incident_id": uuid.UUID(int=1)}),
+    (_AUTO_APPROVE, {"request_id": uuid.UUID(int=1), "now": NOW, "actor": "policy:r"}),
 ])
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
 def test_the_other_policy_reads_use_indexes(
-    loaded: str, prepared: Prepared, values: dict[str, Any]
+    loaded: str, prepared: Prepared, values: dict[str, Any], generic: bool
 ) -> None:
-    found = plan(loaded, prepared, values)
+    found = plan(loaded, prepared, values, generic=generic)
     assert "Seq Scan" not in found or "policy_pauses" in found, found

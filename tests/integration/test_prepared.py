@@ -102,3 +102,22 @@ async def test_a_read_of_statements_runs_on_asyncpg_outside_any_transaction(
 
     assert await db.run(in_transaction, readonly=True)
     assert not await db.run(in_transaction, readonly=True, statements=True)
+
+
+async def test_generic_plans_last_for_their_transaction_only(db: Database) -> None:
+    async def mode(conn: Any, now: datetime) -> tuple[str, int, bool]:
+        driver = conn.info[DRIVER_KEY]
+        return (await driver.fetchval("SHOW plan_cache_mode"), driver.get_server_pid(),
+                driver.is_in_transaction())
+
+    generic, pid, in_transaction = await db.run(mode, generic_plans=True)
+    assert (generic, in_transaction) == ("force_generic_plan", True)
+    # Run one at a time, the works get the same pooled connection, back as it was.
+    assert await db.run(mode) == ("auto", pid, True)
+
+    async def fails(conn: Any, now: datetime) -> None:
+        raise LookupError("refused")
+
+    with pytest.raises(LookupError):
+        await db.run(fails, generic_plans=True)
+    assert await db.run(mode) == ("auto", pid, True)  # a rollback ends the setting too
