@@ -138,11 +138,11 @@ def check_request(rule: Check, facts: Facts, zone_name: str, folded: str) -> Eva
 @dataclass
 class History:
     """What the rules that may still hold need from the database, read in one statement
-    for all of them: their auto-approvals, and people's decisions (each list sorted by
-    time, so that a rule's window is two bisections)."""
+    for all of them: their auto-approvals, and people's decisions (each list of POSIX
+    timestamps sorted by time, so that a rule's window is two bisections)."""
 
-    approvals: dict[str, list[datetime]] = field(default_factory=dict)
-    decisions: dict[str, tuple[list[datetime], list[int], list[int]]] = field(
+    approvals: dict[str, list[float]] = field(default_factory=dict)
+    decisions: dict[str, tuple[list[float], list[int], list[int]]] = field(
         default_factory=dict)
 
     @staticmethod
@@ -162,12 +162,12 @@ class History:
     @classmethod
     def of(cls, rows: list[tuple[str, str, datetime, bool]]) -> History:
         out = cls()
-        found: dict[str, list[tuple[datetime, bool]]] = {}
+        found: dict[str, list[tuple[float, bool]]] = {}
         for kind, name, at, ok in sorted(rows, key=lambda row: row[2]):
             if kind == "limit":
-                out.approvals.setdefault(name, []).append(at)
+                out.approvals.setdefault(name, []).append(at.timestamp())
             else:
-                found.setdefault(kind, []).append((at, ok))
+                found.setdefault(kind, []).append((at.timestamp(), ok))
         for by, decisions in found.items():
             # Counts from the newest backwards: succeeded[i], rejected[i] are those of
             # decisions[i:].
@@ -179,14 +179,14 @@ class History:
         return out
 
 
-
-def check_history(rule: Check, facts: Facts, out: Evaluation, history: History) -> None:
-    """A rule's ``limit`` and ``precedent``, from what ``History`` read."""
-    now = facts.now
+def check_history(rule: Check, facts: Facts, out: Evaluation, history: History,
+                  now: float) -> None:
+    """A rule's ``limit`` and ``precedent``, from what ``History`` read (``now``: the
+    facts' time as a POSIX timestamp)."""
     limit = rule.limit
     if limit is not None:
         times = history.approvals.get(rule.name)
-        done = 0 if not times else len(times) - bisect_right(times, now - limit.per)
+        done = 0 if not times else len(times) - bisect_right(times, now - rule.limit_seconds)
         if done >= limit.count:
             where = f"service {facts.service}" if facts.service else "requests with no service"
             out.fail("limit", f"limit reached: {done} auto-approvals by this rule for {where} "
@@ -202,7 +202,7 @@ def check_history(rule: Check, facts: Facts, out: Evaluation, history: History) 
     found = history.decisions.get(by)
     succeeded = rejected = 0
     if found is not None:
-        i = bisect_right(found[0], now - p.within)
+        i = bisect_right(found[0], now - rule.within_seconds)
         succeeded, rejected = found[1][i], found[2][i]
     if rejected:
         out.fail("precedent", f"a person rejected this action for {by} {key} in the "
@@ -237,15 +237,16 @@ async def evaluate(policy: Policy, facts: Facts, lookups: Lookups, *, zone_name:
     query = History.query(reach, facts)
     paused, rows = await lookups.history(query)
     history = History.of(rows)
+    now = facts.now.timestamp()
     for rule, out in checked:
-        check_history(rule, facts, out, history)
+        check_history(rule, facts, out, history, now)
     chosen = _chosen(checked)
     if chosen is not None and chosen.limit is not None and not paused:
         paused, rows = await lookups.history(query, locked=True)
         history = History.of(rows)
         for rule, out in checked:
             out.holds, out.codes, out.reasons = True, [], []
-            check_history(rule, facts, out, history)
+            check_history(rule, facts, out, history, now)
         chosen = _chosen(checked)
     if chosen is None:
         return Verdict(NONE, None, evaluations)

@@ -199,6 +199,10 @@ class Check:
     precedent: Precedent | None
     within_text: str
     rule: Rule
+    # The windows in seconds: the history's times are compared as POSIX timestamps
+    # (aware datetimes in different zones compare through their offsets, many times slower).
+    limit_seconds: float = 0.0
+    within_seconds: float = 0.0
 
     @classmethod
     def of(cls, rule: Rule) -> Check:
@@ -224,6 +228,9 @@ class Check:
             precedent=rule.precedent,
             within_text="" if rule.precedent is None else shown_duration(rule.precedent.within),
             rule=rule,
+            limit_seconds=0.0 if rule.limit is None else rule.limit.per.total_seconds(),
+            within_seconds=(0.0 if rule.precedent is None
+                            else rule.precedent.within.total_seconds()),
         )
 
 
