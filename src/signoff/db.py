@@ -16,6 +16,7 @@ it again, once, on a new connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,6 +48,8 @@ _BEGIN_GENERIC = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
 # Where a transaction of ``Database.run`` on PostgreSQL keeps its asyncpg connection, for
 # the statements that run on it directly (``signoff.store.prepared``).
 DRIVER_KEY = "signoff.asyncpg"
+# Notifications that ride on the COMMIT's own message (``notify_at_commit``).
+AT_COMMIT_KEY = "signoff.at_commit"
 # What asyncpg itself raises; a client error means the connection's state is unknown.
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
                  OSError)
@@ -241,10 +244,13 @@ class Database:
                     raise _LostBeforeCommit(error) from exc
                 raise error from exc
             info[DRIVER_KEY] = driver
+            notes: list[tuple[str, str]] = []
+            info[AT_COMMIT_KEY] = notes
             try:
                 yield conn
             except BaseException as exc:
                 info.pop(DRIVER_KEY, None)
+                info.pop(AT_COMMIT_KEY, None)
                 try:
                     await driver.execute("ROLLBACK")
                 except DRIVER_ERRORS:  # the connection is gone: so is the transaction
@@ -254,10 +260,19 @@ class Database:
                         await conn.invalidate()
                 raise
             info.pop(DRIVER_KEY, None)
+            info.pop(AT_COMMIT_KEY, None)
+            commit = "".join(f"SELECT pg_notify({_literal(channel)}, {_literal(payload)}); "
+                             for channel, payload in notes) + "COMMIT"
             try:
-                await driver.execute("COMMIT")
+                await driver.execute(commit)
             except DRIVER_ERRORS as exc:
-                raise await _lost(conn, driver_error(exc, "COMMIT", ())) from exc
+                error = await _lost(conn, driver_error(exc, "COMMIT", ()))
+                if not error.connection_invalidated:
+                    # A notification refused leaves the transaction open, failed: the
+                    # COMMIT after it in the message never ran.
+                    with contextlib.suppress(*DRIVER_ERRORS):
+                        await driver.execute("ROLLBACK")
+                raise error from exc
         finally:
             await conn.close()
 
@@ -344,6 +359,23 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def notify_at_commit(conn: AsyncConnection, channel: str, payload: str) -> None:
+    """PostgreSQL: ``NOTIFY channel, payload``, delivered at the commit. Inside
+    ``Database.run`` it is sent in the COMMIT's own message, saving a round trip;
+    elsewhere it is a statement now (delivered at the commit all the same)."""
+    notes = conn.info.get(AT_COMMIT_KEY)
+    if notes is not None:
+        notes.append((channel, payload))
+        return
+    await conn.execute(sa.select(sa.func.pg_notify(channel, payload)))
+
+
+def _literal(text: str) -> str:
+    """A string constant for a message of the simple protocol: an escape string, read
+    alike whatever ``standard_conforming_strings`` says."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def driver_error(exc: BaseException, statement: str, params: Any) -> DBAPIError:

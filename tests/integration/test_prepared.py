@@ -4,16 +4,18 @@ as SQLAlchemy's, so that callers handle both alike."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
 from signoff import store
-from signoff.db import DRIVER_KEY, Database
+from signoff.db import DRIVER_KEY, Database, notify_at_commit
 from signoff.lifecycle import EventKind
 from signoff.store.rows import record_events
 
@@ -121,3 +123,50 @@ async def test_generic_plans_last_for_their_transaction_only(db: Database) -> No
     with pytest.raises(LookupError):
         await db.run(fails, generic_plans=True)
     assert await db.run(mode) == ("auto", pid, True)  # a rollback ends the setting too
+
+
+async def test_notifications_ride_on_the_commit_and_only_on_a_commit(
+    db: Database, db_url: str
+) -> None:
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(db_url)
+    await listener.add_listener("signoff_test", lambda *args: heard.put_nowait(args[3]))
+    try:
+        strange = "it's a \\ back'slash, and 'quotes'"
+
+        async def notify(conn: Any, now: datetime) -> int:
+            await notify_at_commit(conn, "signoff_test", strange)
+            await asyncio.sleep(0.2)
+            assert heard.empty()  # not before the commit
+            return int(conn.info[DRIVER_KEY].get_server_pid())
+
+        pid = await db.run(notify)
+        assert await asyncio.wait_for(heard.get(), 5) == strange
+
+        async def refused(conn: Any, now: datetime) -> None:
+            await notify_at_commit(conn, "signoff_test", "rolled back")
+            raise LookupError("refused")
+
+        with pytest.raises(LookupError):
+            await db.run(refused)
+
+        async def too_long(conn: Any, now: datetime) -> None:
+            await record_events(conn, [{"at": now, "kind": EventKind.POLICY_PAUSED,
+                                        "actor": "t", "detail": {"n": 1}}])
+            await notify_at_commit(conn, "signoff_test", "x" * 9000)  # over the limit
+
+        with pytest.raises(DBAPIError):
+            await db.run(too_long)
+
+        async def state(conn: Any, now: datetime) -> tuple[int, int, bool]:
+            driver = conn.info[DRIVER_KEY]
+            events = await driver.fetchval(
+                "SELECT count(*) FROM events WHERE kind = 'policy_paused'")
+            return driver.get_server_pid(), events, driver.is_in_transaction()
+
+        # The same connection, out of the failed transaction; the event was not kept.
+        assert await db.run(state) == (pid, 0, True)
+        await asyncio.sleep(0.2)
+        assert heard.empty()  # neither the rolled back nor the refused one
+    finally:
+        await listener.close()

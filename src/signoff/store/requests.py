@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signoff import errors
+from signoff.db import notify_at_commit
 from signoff.lifecycle import (
     Disposition,
     EventKind,
@@ -430,10 +431,7 @@ async def report_outcome(
     return row
 
 
-_NOTIFY_CHANGED = Prepared(sa.select(sa.func.pg_notify(
-    CHANGED_CHANNEL, sa.bindparam("ids", type_=sa.Text))))
-
-
 async def notify_changed(conn: AsyncConnection, request_ids: Sequence[uuid.UUID]) -> None:
-    """PostgreSQL only: tell other replicas' waiters, at the commit, that these changed."""
-    await _NOTIFY_CHANGED.rows(conn, {"ids": ",".join(str(rid) for rid in request_ids)})
+    """PostgreSQL only: tell other replicas' waiters, at the commit, that these changed
+    (in the COMMIT's own message)."""
+    await notify_at_commit(conn, CHANGED_CHANNEL, ",".join(str(rid) for rid in request_ids))

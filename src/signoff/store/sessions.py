@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from signoff.db import notify_at_commit
 from signoff.lifecycle import Principal, Role
 from signoff.store.requests import CHANGED_CHANNEL
 from signoff.store.tokens import TOKENS_CHANGED, hash_token
@@ -55,7 +56,7 @@ async def end_session(conn: AsyncConnection, now: datetime, secret: str) -> None
     await conn.execute(sessions.update().where(
         sessions.c.id == hash_token(secret), sessions.c.ended_at.is_(None)).values(ended_at=now))
     if conn.dialect.name == "postgresql":
-        await conn.execute(sa.select(sa.func.pg_notify(CHANGED_CHANNEL, TOKENS_CHANGED)))
+        await notify_at_commit(conn, CHANGED_CHANNEL, TOKENS_CHANGED)
 
 
 async def token_id_of(

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from signoff.db import notify_at_commit
 from signoff.lifecycle import EventKind, Principal, Role
 from signoff.store.requests import CHANGED_CHANNEL
 from signoff.store.rows import Row, record_events
@@ -92,5 +93,5 @@ async def revoke_tokens(conn: AsyncConnection, now: datetime, name: str, *, acto
                    "roles": sorted({r.role for r in revoked})},
     }])
     if conn.dialect.name == "postgresql":
-        await conn.execute(sa.select(sa.func.pg_notify(CHANGED_CHANNEL, TOKENS_CHANGED)))
+        await notify_at_commit(conn, CHANGED_CHANNEL, TOKENS_CHANGED)
     return len(revoked)
