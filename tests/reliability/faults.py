@@ -216,8 +216,11 @@ class AnswerDropper:
             query = body.rstrip(b"\0").strip().upper()
             if self.marker.upper() in query:
                 session.dirty = True
-            if query.startswith((b"COMMIT", b"ROLLBACK", b"END", b"ABORT")):
-                if query.startswith(b"COMMIT") and session.dirty and self.remaining > 0:
+            # The last of its statements ends the transaction (the notifications of a
+            # commit come first, in the same message: ``SELECT pg_notify(…); COMMIT``).
+            last = query.rstrip(b"; ").rsplit(b";", 1)[-1].strip()
+            if last.startswith((b"COMMIT", b"ROLLBACK", b"END", b"ABORT")):
+                if last.startswith(b"COMMIT") and session.dirty and self.remaining > 0:
                     self.eligible += 1
                     if self.eligible % self.every == 0:
                         self.remaining -= 1
