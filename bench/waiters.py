@@ -49,9 +49,12 @@ decisions fail 50 times stops there, and the phases after it are not run.
 Memory: replica A's resident set (``VmRSS``, and ``Pss`` from ``smaps_rollup``) and its
 open file descriptors, read once the resident set stops moving: idle, after the requests
 are created and before any waiter; with every waiter registered; and after every waiter is
-answered and its connection closed, once the server's trim after a drain is due (12 s
-later). Reported: KB per waiter, ``(with - idle) / waiters``,
-and ``after / idle``. With ``--probe``, replica A runs under ``bench/memprobe.py`` (see
+answered and its connection closed: once the server's first trim after a drain is due (12 s
+later), and again once its repeated trims stop giving memory back. Reported: KB per
+waiter, ``(with - idle) / waiters``, and ``after / idle`` (after the first trim, and at the
+end). ``signoff serve`` runs on glibc's allocator unless ``PYTHONMALLOC`` is set in this
+process's environment (``PYTHONMALLOC=pymalloc``: Python's own, the servers' default
+before). With ``--probe``, replica A runs under ``bench/memprobe.py`` (see
 ``bench/soak.py``) and each reading adds its heap: Python's allocated blocks, glibc's heap
 in use and free, and, at the end, the resident set after ``malloc_trim(0)``; so memory
 not given back can be told apart from objects still alive. A light reading after each
@@ -100,7 +103,7 @@ from api import (
 )
 from soak import spawn_replica
 
-from signoff.collector import SETTLE
+from signoff.collector import RETRIM_MB, SETTLE, TRIMS_PER_DRAIN
 from signoff.settings import Settings
 from signoff.store import CHANGED_CHANNEL
 
@@ -708,12 +711,27 @@ class Run:
             await gauge_reaches(self.http, self.a, 0, within=30)
         mem["gauge_after"] = await gauge(self.http, self.a)
         # The server gives memory back once its waiters have stayed drained for
-        # signoff.collector.SETTLE seconds: the reading comes after that.
+        # signoff.collector.SETTLE seconds, then again every SETTLE seconds while a trim
+        # gives back at least RETRIM_MB: one reading after the first trim, the last once
+        # a trim has gone by without the resident set falling by that much.
         await asyncio.sleep(SETTLE + 2)
+        first = memory(self.a.pid)
+        mem["after_first_trim"] = first
+        last = first
+        for _ in range(TRIMS_PER_DRAIN - 1):
+            await asyncio.sleep(SETTLE)
+            now = memory(self.a.pid)
+            fell = (last["rss_kb"] - now["rss_kb"]) / 1024
+            last = now
+            if fell < RETRIM_MB:
+                break
         after = await self.memory("after", mem)
         idle = mem.get("idle")
         if idle is not None:
+            mem["after_first_trim_over_idle"] = round(first["rss_kb"] / idle["rss_kb"], 3)
             mem["after_over_idle"] = round(after["rss_kb"] / idle["rss_kb"], 3)
+        print(f"memory after the first trim: {first['rss_kb']:,} KB, "
+              f"{mem.get('after_first_trim_over_idle')}x idle", flush=True)
         print(f"memory after: {after['rss_kb']:,} KB, {mem.get('after_over_idle')}x idle; "
               f"{after['fds']} descriptors ({idle and idle['fds']} idle); the gauge says "
               f"{mem['gauge_after']}", flush=True)

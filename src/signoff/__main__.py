@@ -1,3 +1,3 @@
-from signoff.cli import main
+from signoff.launch import main
 
 main()

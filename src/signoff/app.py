@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -123,7 +124,9 @@ def create_app(
             listening = asyncio.create_task(listener.run(), name="signoff-waiters-listen")
         log.info("serve_started", host=settings.host, port=settings.port,
                  database=database.engine.dialect.name, resolver=run_resolver,
-                 notifier=notifying)
+                 notifier=notifying,
+                 # signoff.launch: glibc's for a long-running server, unless set otherwise
+                 allocator=os.environ.get("PYTHONMALLOC", "pymalloc"))
         try:
             yield
         finally:

@@ -21,9 +21,13 @@ Once the long-poll waiters have drained (their count, having reached ``DRAINED_F
 falls to a tenth of its peak and stays there for ``SETTLE`` seconds, while their
 connections close), the C heap's free memory is given back to the system
 (glibc's ``malloc_trim(0)``, logged as ``memory_trimmed``): the waiters' buffers and
-large objects came from it, and glibc keeps what it freed for later. Python's own
-small-object allocator is not reached by it: an arena of it goes back only once every
-block in it is free (``docs/performance.md``, long-poll waiters, on memory after).
+large objects came from it, and glibc keeps what it freed for later. The last of them
+are answered and freed after that, so the trim is repeated every ``SETTLE`` seconds while
+the waiters stay drained, as long as the one before gave back at least ``RETRIM_MB``, at
+most ``TRIMS_PER_DRAIN`` times. ``signoff serve`` runs on glibc's allocator for Python's
+objects too (``signoff.launch``); on Python's own small-object allocator the trim does
+not reach them: an arena of it goes back only once every block in it is free
+(``docs/performance.md``, long-poll waiters, on memory after).
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ _FLOOR = 500_000
 DRAINED_FROM = 1000
 DRAINED_TO = 0.1
 SETTLE = 10.0
+# Trims again after a drain while each gives back this much (MB of resident set), at most
+# this many times.
+RETRIM_MB = 1.0
+TRIMS_PER_DRAIN = 6
 
 log = get_logger("signoff.collector")
 
@@ -59,15 +67,18 @@ class Collector:
         growth: float = GROWTH, monotonic: Callable[[], float] = time.monotonic,
         waiting: Callable[[], int] | None = None,
         trim: Callable[[], object] | None = None,
+        resident: Callable[[], float | None] | None = None,
     ) -> None:
         self.freeze_every, self.full_every, self.growth = freeze_every, full_every, growth
         self.monotonic = monotonic
         self.waiting = waiting  # how many long-poll waiters there are now
         self.trim = trim if trim is not None else malloc_trim()
+        self.resident = resident if resident is not None else resident_mb
         self._after_full = 0  # memory blocks in use after the last full collection
         self._last_full = monotonic()
         self._peak = 0  # the most waiters since the last trim
         self._drained_at: float | None = None  # when they fell to a tenth of the peak
+        self._trims = 0  # trims since they drained
 
     def step(self) -> None:
         """One turn: freeze what survived; a full collection if one is due; the heap
@@ -82,23 +93,29 @@ class Collector:
 
     def trim_after_drain(self, waiting: int) -> bool:
         """Give the C heap's free memory back if the waiters have drained since their
-        peak, ``SETTLE`` seconds ago; whether it did."""
+        peak, ``SETTLE`` seconds ago (or since the last trim, if it gave back enough);
+        whether it did."""
         self._peak = max(self._peak, waiting)
         if self.trim is None or self._peak < DRAINED_FROM or waiting > DRAINED_TO * self._peak:
-            self._drained_at = None
+            self._drained_at, self._trims = None, 0
             return False
         now = self.monotonic()
         if self._drained_at is None:
             self._drained_at = now
         if now - self._drained_at < SETTLE:
             return False
-        self._drained_at = None
-        before, started = resident_mb(), time.perf_counter()
+        before, started = self.resident(), time.perf_counter()
         self.trim()
+        after = self.resident()
+        self._trims += 1
         log.info("memory_trimmed", waiters=waiting, peak=self._peak, rss_mb_before=before,
-                 rss_mb_after=resident_mb(),
+                 rss_mb_after=after, trim=self._trims,
                  pause_ms=round((time.perf_counter() - started) * 1000, 1))
-        self._peak = waiting
+        gave = before - after if before is not None and after is not None else 0.0
+        if gave >= RETRIM_MB and self._trims < TRIMS_PER_DRAIN:
+            self._drained_at = now  # once more, SETTLE seconds from now
+        else:  # done until the next crowd
+            self._drained_at, self._trims, self._peak = None, 0, waiting
         return True
 
     def collect_all(self, *, reason: str) -> int:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
+from pathlib import Path
 
-from tests.acceptance.conftest import Server, run_signoff
+import pytest
+
+from tests.acceptance.conftest import Server, run_signoff, start_server
 
 
 def wait_for(predicate, timeout: float = 10.0, step: float = 0.05):  # type: ignore[no-untyped-def]
@@ -202,3 +206,39 @@ def test_an_earlier_approver_may_still_reject_and_a_bad_body_says_why(server: Se
     assert bad.status_code == 422  # content, not a conflict: rejecting is still allowed
     done = alice.post(f"/approvals/{rid}/reject", json={"comment": "on second thought"})
     assert done.status_code == 200 and done.json()["status"] == "rejected"
+
+
+def _started(server: Server) -> dict[str, object]:
+    for line in server.log_path.read_text().splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == "serve_started":
+            found: dict[str, object] = json.loads(line)
+            return found
+    raise AssertionError(server.log_path.read_text())
+
+
+def _environ(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="Linux's /proc")
+def test_serve_runs_on_glibcs_allocator_in_its_own_process(tmp_path: Path) -> None:
+    server = start_server(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "serve.log")
+    try:
+        # The same process (a supervisor's pid stays right), started again by execve.
+        assert _environ(server.process.pid).get("PYTHONMALLOC") == "malloc"
+        assert _started(server)["allocator"] == "malloc"
+    finally:
+        server.stop()
+    assert server.process.returncode == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="Linux's /proc")
+def test_serve_keeps_an_allocator_chosen_in_its_environment(tmp_path: Path) -> None:
+    server = start_server(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "serve.log",
+                          PYTHONMALLOC="pymalloc")
+    try:
+        assert _started(server)["allocator"] == "pymalloc"
+        assert _environ(server.process.pid).get("PYTHONMALLOC") == "pymalloc"
+    finally:
+        server.stop()

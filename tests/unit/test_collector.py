@@ -81,7 +81,8 @@ def test_memory_is_trimmed_once_the_waiters_have_drained_and_settled() -> None:
     trims: list[int] = []
     count, clock = [0], [0.0]
     collector = Collector(full_every=3600, waiting=lambda: count[0],
-                          trim=lambda: trims.append(count[0]), monotonic=lambda: clock[0])
+                          trim=lambda: trims.append(count[0]), monotonic=lambda: clock[0],
+                          resident=lambda: 100.0)  # a trim gives nothing back
 
     def steps(*counts: int) -> None:
         for waiting in counts:
@@ -101,6 +102,36 @@ def test_memory_is_trimmed_once_the_waiters_have_drained_and_settled() -> None:
     assert trims == [40]  # once per drain
     steps(3000, *[100] * 11)
     assert trims == [40, 100]
+
+
+def test_the_trim_is_repeated_while_it_gives_memory_back() -> None:
+    rss = [900.0]
+    gives = iter([400.0, 60.0, 0.5, 300.0] + [50.0] * 20)
+    trims: list[float] = []
+    count, clock = [0], [0.0]
+
+    def trim() -> None:
+        rss[0] -= next(gives)
+        trims.append(clock[0])
+
+    collector = Collector(full_every=3600, waiting=lambda: count[0], trim=trim,
+                          monotonic=lambda: clock[0], resident=lambda: rss[0])
+
+    def steps(*counts: int) -> None:
+        for waiting in counts:
+            count[0] = waiting
+            clock[0] += 1.0
+            collector.step()
+
+    steps(10_000, *[0] * 60)
+    # 10 s after the drain; again 10 s after each trim that gave back 1 MB or more
+    assert trims == [12.0, 22.0, 32.0]
+    steps(5000, *[0] * 120)  # the next crowd: at most six trims
+    assert [t - 62.0 for t in trims[3:]] == [11.0, 21.0, 31.0, 41.0, 51.0, 61.0]
+    steps(*[0] * 60)
+    assert len(trims) == 9
+    steps(5000, 100, 50, 3000)  # a crowd that has not drained: the count starts afresh
+    assert len(trims) == 9
 
 
 def test_a_few_waiters_come_and_gone_trim_nothing() -> None:
