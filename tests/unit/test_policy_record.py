@@ -26,3 +26,15 @@ def test_a_record_written_before_the_compact_form_still_reads() -> None:
     stored = zlib.compress(json.dumps(record).encode(), 1)
     assert decode_record(stored) == record
     assert decode_record(None) is None
+
+
+def test_the_record_is_the_same_compact_json_the_standard_library_writes() -> None:
+    verdict = Verdict("none", None, [
+        Evaluation("café", "shadow", False, ['action "x\\y" matches none of ["a*"]\u2028'],
+                   ["actions"]),
+        Evaluation("b", "enforce", True),
+    ])
+    compact = [2, "none", None, [[e.rule, e.mode, e.holds, e.reasons]
+                                 for e in verdict.evaluations]]
+    expected = json.dumps(compact, separators=(",", ":"), ensure_ascii=False).encode()
+    assert zlib.decompress(encode_verdict(verdict)) == expected
