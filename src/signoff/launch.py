@@ -14,7 +14,8 @@ replaces its own process with a new interpreter on the same command line (``exec
 same process id, so a supervisor sees nothing), before anything heavy is imported: it
 costs one interpreter start, a few tens of milliseconds. A ``PYTHONMALLOC`` already in the
 environment is obeyed as it is (``PYTHONMALLOC=pymalloc`` keeps Python's allocator).
-Every other command runs in the first process.
+Every other command runs in the first process, and so does ``serve`` elsewhere than on
+Linux, where there is no ``malloc_trim`` to give the memory back.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ Exec = tuple[str, list[str], dict[str, str]]
 
 def restart_on_allocator(argv: list[str], environ: dict[str, str]) -> Exec | None:
     """What to ``execve`` for this command line, or None to go on in this process."""
-    if command(argv) != "serve" or "PYTHONMALLOC" in environ or os.name != "posix":
+    if command(argv) != "serve" or "PYTHONMALLOC" in environ or sys.platform != "linux":
         return None
     if not sys.executable or len(sys.orig_argv) < 2:
         return None
