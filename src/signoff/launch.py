@@ -7,7 +7,8 @@ pooled connection prepared, a cache entry) keep hundreds of its arenas, and the 
 stayed at about three times its idle resident set (``docs/performance.md``, long-poll
 waiters). With ``PYTHONMALLOC=malloc`` every object comes from glibc, whose
 ``malloc_trim(0)`` (``signoff.collector``, after a drain) gives back free pages from
-anywhere in its heap: the server returns close to idle.
+anywhere in its heap: the server comes back to about 1.35 times its idle size instead
+(the pages that still hold one of those objects stay).
 
 The allocator is chosen when the interpreter starts, so ``serve`` sets the variable and
 replaces its own process with a new interpreter on the same command line (``execve``: the
