@@ -2,7 +2,7 @@
 database? And how long does an Alertmanager payload of 1,000 alerts take?
 
     python bench/policy.py --database-url postgresql://postgres@127.0.0.1:5432/postgres \
-        [--n 1000000] [--creates 2000] 2>/dev/null
+        [--n 1000000] [--creates 4000] [--block 10] 2>/dev/null
 
 Creates a scratch database beside the given one (dropped at the end) and loads N ended
 requests with their resolved incidents and N knowledge entries (set-based SQL with
@@ -13,16 +13,18 @@ times, which keeps the visibility map that the precedent indexes' index-only sca
 on (a table just loaded has none, and every row read would visit the table too).
 
 Then it creates requests through the service, each for an open incident whose
-fingerprint and service have history, in alternating blocks: without a policy (the
-baseline, measured in the same run) and with a policy of 100 rules, every one of them
-with a ``limit`` and a ``precedent`` condition (half by fingerprint, half by service,
-windows of 1 to 100 days) and actions that match, so that every rule needs its history.
-The rules are in shadow mode: each create is evaluated in full and changes nothing else.
-It prints p50 and p99 of each, what the policy adds, and their ratio; the p50 and p99 of
-the policy's own steps timed inside each create (``PolicySteps``); then the time to
-take 1,000 firing alerts, and 1,000 resolved ones, in one transaction each. The last
-line printed is one JSON object. The service logs JSON lines at ``--log-level`` (default
-info, as in production) on stderr.
+fingerprint and service have history, in alternating blocks (``--block``, 10 by default):
+without a policy (the baseline, measured in the same run) and with a policy of 100 rules,
+every one of them with a ``limit`` and a ``precedent`` condition (half by fingerprint, half
+by service, windows of 1 to 100 days) and actions that match, so that every rule needs its
+history. The rules are in shadow mode: each create is evaluated in full and changes
+nothing else. It prints p50 and p99 of each, what the policy adds, and their ratio; the
+p50 and p99 of the policy's own steps timed inside each create (``PolicySteps``); the
+``COMMIT`` of each create timed alone (``Commits``: the WAL's flush to disk, the same
+work with or without a policy, and the slowest step of the slowest creates on a shared
+disk), and each series without it; then the time to take 1,000 firing alerts, and 1,000
+resolved ones, in one transaction each. The last line printed is one JSON object. The
+service logs JSON lines at ``--log-level`` (default info, as in production) on stderr.
 """
 
 from __future__ import annotations
@@ -174,9 +176,45 @@ class PolicySteps:
         self.per_create.append(self.spent * 1000)
 
 
-async def _creates(service: Service, incidents: list[str], who: Principal,
-                   steps: PolicySteps | None = None) -> list[float]:
-    took = []
+class Commits:
+    """Times each ``COMMIT`` the service sends (asyncpg's ``Connection.execute``, through
+    which ``signoff.db`` ends its transactions): the time of the last one, in ms."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        execute = asyncpg.connection.Connection.execute
+
+        async def timed(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            if not query.endswith("COMMIT"):
+                return await execute(conn, query, *args, **kwargs)
+            began = time.perf_counter()
+            try:
+                return await execute(conn, query, *args, **kwargs)
+            finally:
+                self.last = (time.perf_counter() - began) * 1000
+
+        asyncpg.connection.Connection.execute = timed
+
+
+class Series:
+    """One side's creates: each one's time, and that of its ``COMMIT``."""
+
+    def __init__(self) -> None:
+        self.took: list[float] = []
+        self.commits: list[float] = []
+
+    def figures(self) -> dict[str, float]:
+        rest = [t - c for t, c in zip(self.took, self.commits, strict=True)]
+        return {"p50": round(statistics.median(self.took), 3),
+                "p99": round(_percentile(self.took, 0.99), 3),
+                "commit_p50": round(statistics.median(self.commits), 3),
+                "commit_p99": round(_percentile(self.commits, 0.99), 3),
+                "without_commit_p50": round(statistics.median(rest), 3),
+                "without_commit_p99": round(_percentile(rest, 0.99), 3)}
+
+
+async def _creates(service: Service, incidents: list[str], who: Principal, commits: Commits,
+                   into: Series | None = None, steps: PolicySteps | None = None) -> None:
     for n, incident_id in enumerate(incidents):
         body = RequestIn.model_validate({"incident_id": incident_id,
                                          "action": f"restart pod web-{n % 7}"})
@@ -184,10 +222,12 @@ async def _creates(service: Service, incidents: list[str], who: Principal,
             steps.start()
         began = time.perf_counter()
         await service.create_request(who, body)
-        took.append((time.perf_counter() - began) * 1000)
+        took = (time.perf_counter() - began) * 1000
+        if into is not None:
+            into.took.append(took)
+            into.commits.append(commits.last)
         if steps is not None:
             steps.stop()
-    return took
 
 
 async def _alerts(service: Service, who: Principal, status: str, count: int) -> float:
@@ -203,7 +243,7 @@ async def _alerts(service: Service, who: Principal, status: str, count: int) -> 
     return took
 
 
-async def run(url: str, n: int, creates: int, rules: int) -> dict[str, Any]:
+async def run(url: str, n: int, creates: int, rules: int, block: int) -> dict[str, Any]:
     name = f"signoff_bench_policy_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(url)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -227,19 +267,17 @@ async def run(url: str, n: int, creates: int, rules: int) -> dict[str, Any]:
                 for i in range(100 + creates * 2):  # open incidents with history
                     made, _ = await plain.create_incident(who, _incident(i))
                     incidents.append(made["id"])
-                base: list[float] = []
-                with_policy: list[float] = []
+                base, with_policy, commits = Series(), Series(), Commits()
                 # As in `signoff serve`: the garbage collector's full passes kept off
                 # what the process holds for good (signoff.collector).
                 collecting = asyncio.create_task(Collector().run())
-                await _creates(plain, incidents[:50], who)  # warm up both paths
-                await _creates(judged, incidents[50:100], who)
+                await _creates(plain, incidents[:50], who, commits)  # warm up both paths
+                await _creates(judged, incidents[50:100], who, commits)
                 steps.per_create.clear()
-                block = 100
                 for start in range(100, 100 + creates * 2 - 2 * block + 1, 2 * block):
-                    base += await _creates(plain, incidents[start:start + block], who)
-                    with_policy += await _creates(
-                        judged, incidents[start + block:start + 2 * block], who, steps)
+                    await _creates(plain, incidents[start:start + block], who, commits, base)
+                    await _creates(judged, incidents[start + block:start + 2 * block], who,
+                                   commits, with_policy, steps)
                 collecting.cancel()
                 await asyncio.gather(collecting, return_exceptions=True)
                 firing = await _alerts(plain, who, "firing", 1000)
@@ -249,23 +287,21 @@ async def run(url: str, n: int, creates: int, rules: int) -> dict[str, Any]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-    figures = {
-        "baseline_ms": {"p50": round(statistics.median(base), 3),
-                        "p99": round(_percentile(base, 0.99), 3)},
-        "policy_ms": {"p50": round(statistics.median(with_policy), 3),
-                      "p99": round(_percentile(with_policy, 0.99), 3)},
-    }
+    figures = {"baseline_ms": base.figures(), "policy_ms": with_policy.figures()}
     figures["policy_steps_ms"] = {"p50": round(statistics.median(steps.per_create), 3),
                                   "p99": round(_percentile(steps.per_create, 0.99), 3)}
     added = {q: round(figures["policy_ms"][q] - figures["baseline_ms"][q], 3)
-             for q in ("p50", "p99")}
+             for q in ("p50", "p99", "without_commit_p50", "without_commit_p99")}
     ratio = round(figures["policy_ms"]["p99"] / figures["baseline_ms"]["p99"], 2)
-    print(f"creates without a policy: p50 {figures['baseline_ms']['p50']:.3f} ms, "
-          f"p99 {figures['baseline_ms']['p99']:.3f} ms ({len(base)} creates)")
-    print(f"creates with {rules} rules:    p50 {figures['policy_ms']['p50']:.3f} ms, "
-          f"p99 {figures['policy_ms']['p99']:.3f} ms ({len(with_policy)} creates)")
+    for name, series in (("without a policy", base), (f"with {rules} rules", with_policy)):
+        f = series.figures()
+        print(f"creates {name}: p50 {f['p50']:.3f} ms, p99 {f['p99']:.3f} ms "
+              f"({len(series.took)} creates); their COMMIT p50 {f['commit_p50']:.3f} ms, "
+              f"p99 {f['commit_p99']:.3f} ms; without it p50 {f['without_commit_p50']:.3f} ms, "
+              f"p99 {f['without_commit_p99']:.3f} ms")
     print(f"the policy adds p50 {added['p50']:.3f} ms, p99 {added['p99']:.3f} ms "
-          f"(p99 ratio {ratio})")
+          f"(p99 ratio {ratio}); to the creates without their COMMIT p50 "
+          f"{added['without_commit_p50']:.3f} ms, p99 {added['without_commit_p99']:.3f} ms")
     print(f"the policy's own steps in each create: p50 {figures['policy_steps_ms']['p50']:.3f}"
           f" ms, p99 {figures['policy_steps_ms']['p99']:.3f} ms")
     print(f"1,000 firing alerts: {firing:.3f} s; 1,000 resolved: {resolved:.3f} s")
@@ -288,15 +324,17 @@ def main() -> None:
     parser.add_argument("--database-url", required=True, help="a PostgreSQL server to use")
     parser.add_argument("--n", type=int, default=1_000_000,
                         help="ended requests (and incidents, knowledge entries) to load")
-    parser.add_argument("--creates", type=int, default=2000,
+    parser.add_argument("--creates", type=int, default=4000,
                         help="creates measured with the policy, and as many without")
     parser.add_argument("--rules", type=int, default=100, help="rules in the policy")
+    parser.add_argument("--block", type=int, default=10,
+                        help="creates in a row on one side before the other side's turn")
     parser.add_argument("--log-level", default="info",
                         help="the service's log level (JSON lines on stderr, as in production)")
     args = parser.parse_args()
     configure_logging(args.log_level, "json")
     url = "postgresql://" + args.database_url.split("://", 1)[1]
-    print(json.dumps(asyncio.run(run(url, args.n, args.creates, args.rules))))
+    print(json.dumps(asyncio.run(run(url, args.n, args.creates, args.rules, args.block))))
 
 
 if __name__ == "__main__":
