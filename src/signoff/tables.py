@@ -189,13 +189,15 @@ requests = sa.Table(
         postgresql_where=sa.text("status = 'approved' AND outcome_at IS NULL"),
         sqlite_where=sa.text("status = 'approved' AND outcome_at IS NULL"),
     ),
-    # A policy rule's limit: the policy's approvals for a service in the trailing window.
+    # A policy rule's limit: the policy's approvals for a service in the trailing window
+    # (on PostgreSQL with the rule that approved: an index-only scan).
     sa.Index(
         "ix_approval_requests_auto_service",
         "service",
         "decided_at",
         postgresql_where=sa.text(AUTO_DECIDED),
         sqlite_where=sa.text(AUTO_DECIDED),
+        postgresql_include=["decided_by"],
     ),
     sa.Index(None, "incident_id", "status"),
     sa.Index(None, "created_at", "id"),
@@ -205,8 +207,10 @@ requests = sa.Table(
 
 # Precedent: people's decisions on an action (ignoring case) by fingerprint or by service,
 # by time. The action is in the key, so a busy service's other actions are not read; on
-# PostgreSQL the rest of what the policy reads is in the index too (an index-only scan once
-# the table is vacuumed).
+# PostgreSQL the rest of what the policy reads is in the index too, so the read is an
+# index-only scan once the table is vacuumed. ``action`` itself is included although only
+# ``lower(action)`` is read: PostgreSQL plans an index-only scan only when every column
+# the query names is in the index, and it does not look inside the expression.
 for _key in ("fingerprint", "service"):
     sa.Index(
         f"ix_approval_requests_human_{_key}",
@@ -215,7 +219,7 @@ for _key in ("fingerprint", "service"):
         requests.c.decided_at,
         postgresql_where=sa.text(HUMAN_DECIDED),
         sqlite_where=sa.text(HUMAN_DECIDED),
-        postgresql_include=["disposition", "outcome_succeeded"],
+        postgresql_include=["disposition", "outcome_succeeded", "action"],
     )
 
 # Approver groups: who is in which. A member removed is kept, with when and by whom.

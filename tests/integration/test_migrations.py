@@ -152,6 +152,11 @@ async def test_the_partial_indexes_exist(empty_url: str) -> None:
             body = rows[f"ix_approval_requests_human_{key}"].lower()
             assert f"{key}, loweraction, decided_at" in body, body
             assert "'human_approved'" in body and "'human_rejected'" in body, body
+            if db.is_postgres:  # all the policy reads, so an index-only scan (0009)
+                assert "include disposition, outcome_succeeded, action" in body, body
+        if db.is_postgres:
+            body = rows["ix_approval_requests_auto_service"]
+            assert "service, decided_at INCLUDE decided_by" in body, body
         for name in ("uq_incidents_open_fingerprint", "uq_approval_requests_idempotency"):
             assert "UNIQUE" in rows[name].upper()
     finally:

@@ -2,7 +2,8 @@
 the kill switch), the precedents shown with each request and the open incident by
 fingerprint, and the rest of a create's statements, use indexes: ``EXPLAIN`` shows no
 sequential scan, both in the plan for one call's values and in the generic plan that a
-create's transaction runs."""
+create's transaction runs. Once the table is vacuumed (as autovacuum keeps it), the
+precedent and limit reads are index-only scans: no table row is read for them."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ LOAD = [
        SELECT md5('k' || g)::uuid, md5('i' || g)::uuid, now() - g * interval '1 minute',
               'svc-' || (g % 997), 'fp-' || (g % 9973), 'incident', 'action', '[]', 's'
        FROM generate_series(1, $1) AS g""",
-    "ANALYZE",
+    "VACUUM ANALYZE",
 ]
 
 
@@ -124,8 +125,10 @@ def test_the_policy_history_reads_use_indexes(
     # The kill switch's table holds a row per pause ever made: a scan of it is no cost.
     scans = [line for line in found.splitlines() if "Seq Scan" in line]
     assert all("on policy_pauses" in line for line in scans), found
-    assert "ix_approval_requests_auto_service" in found, found
-    assert "ix_approval_requests_human_fingerprint" in found, found
+    for index in ("auto_service", "human_fingerprint"):
+        assert f"Index Only Scan using ix_approval_requests_{index}" in found, found
+    if "service" in shape[2]:
+        assert "Index Only Scan using ix_approval_requests_human_service" in found, found
 
 
 @pytest.mark.parametrize(("prepared", "values"), [
