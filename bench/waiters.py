@@ -4,7 +4,7 @@
                             [--open-seconds 60] [--hold 60] [--rates 50,100,200,300]
                             [--seconds 10] [--burst 1000] [--burst-connections 50]
                             [--cross-waiters 1000] [--cross-rate 100] [--pool-size 10]
-                            [--probe] [--logs DIR]
+                            [--no-again] [--probe] [--logs DIR]
 
 On a scratch database beside the given one (dropped at the end), starts ``signoff serve``
 (replica A, ``SIGNOFF_DB_POOL_SIZE`` ``--pool-size``, by default the server's own default)
@@ -52,7 +52,12 @@ are created and before any waiter; with every waiter registered; and after every
 answered and its connection closed: once the server's first trim after a drain is due (12 s
 later), and again once its repeated trims stop giving memory back. Reported: KB per
 waiter, ``(with - idle) / waiters``, and ``after / idle`` (after the first trim, and at the
-end). ``signoff serve`` runs on glibc's allocator unless ``PYTHONMALLOC`` is set in this
+end). Then (``--again``, the default) a second crowd of as many waiters on the same
+server, decided all at once: its idle level before it, and its memory after it, read the
+same way (``again_after_over_idle``). The first crowd a server serves leaves what it made
+for good (the event loop's free lists, statements prepared on each pooled connection,
+tables grown to its size); the second shows whether a crowd gives back what it took.
+``signoff serve`` runs on glibc's allocator unless ``PYTHONMALLOC`` is set in this
 process's environment (``PYTHONMALLOC=pymalloc``: Python's own, the servers' default
 before). With ``--probe``, replica A runs under ``bench/memprobe.py`` (see
 ``bench/soak.py``) and each reading adds its heap: Python's allocated blocks, glibc's heap
@@ -702,21 +707,23 @@ class Run:
         if order[args.burst:]:
             phases["rest"] = await self.decide("rest", order[args.burst:], rate=None)
 
-    async def after(self, mem: dict[str, Any]) -> None:
-        """Every waiter answered (or given up) and its connection closed: memory again."""
-        for task in self.crowd.tasks.values():
+    async def drained(self, crowd: Crowd, mem: dict[str, Any], key: str) -> dict[str, int]:
+        """``crowd``'s waiters answered (or given up) and their connections closed: A's
+        memory once it has given back what it will, into ``mem[key]``; after its first
+        trim into ``mem[key + "_first_trim"]``."""
+        for task in crowd.tasks.values():
             task.cancel()
-        await asyncio.gather(*self.crowd.tasks.values(), return_exceptions=True)
+        await asyncio.gather(*crowd.tasks.values(), return_exceptions=True)
         with contextlib.suppress(SystemExit):
             await gauge_reaches(self.http, self.a, 0, within=30)
-        mem["gauge_after"] = await gauge(self.http, self.a)
+        mem["gauge_" + key] = await gauge(self.http, self.a)
         # The server gives memory back once its waiters have stayed drained for
         # signoff.collector.SETTLE seconds, then again every SETTLE seconds while a trim
         # gives back at least RETRIM_MB: one reading after the first trim, the last once
         # a trim has gone by without the resident set falling by that much.
         await asyncio.sleep(SETTLE + 2)
         first = memory(self.a.pid)
-        mem["after_first_trim"] = first
+        mem[key + "_first_trim"] = first
         last = first
         for _ in range(TRIMS_PER_DRAIN - 1):
             await asyncio.sleep(SETTLE)
@@ -725,7 +732,12 @@ class Run:
             last = now
             if fell < RETRIM_MB:
                 break
-        after = await self.memory("after", mem)
+        return await self.memory(key, mem)
+
+    async def after(self, mem: dict[str, Any]) -> None:
+        """Every waiter answered (or given up) and its connection closed: memory again."""
+        after = await self.drained(self.crowd, mem, "after")
+        first = mem["after_first_trim"]
         idle = mem.get("idle")
         if idle is not None:
             mem["after_first_trim_over_idle"] = round(first["rss_kb"] / idle["rss_kb"], 3)
@@ -740,6 +752,34 @@ class Run:
                         "heap_after_trim"):
                 if key in mem:
                     print(f"{key}: {mem[key]}", flush=True)
+
+
+    async def again(self, mem: dict[str, Any]) -> None:
+        """A second crowd, as many waiters, on the server the first one left: its idle
+        level first, then the same waiters decided all at once, then the memory read as
+        after the first. The first crowd a server serves leaves what it made for good (the
+        event loop's free lists, statements prepared on each pooled connection, tables
+        grown to its size); the second shows whether a crowd gives back what it took."""
+        args = self.args
+        ids = await create_requests(self.a, self.tokens["requester"], args.waiters)
+        idle = await self.memory("idle_again", mem)
+        crowd = Crowd()
+        await open_waiters(self.a, self.tokens["viewer"], ids, crowd, self.http,
+                           args.open_seconds)
+        waiting = await self.memory("waiting_again", mem)
+        decisions = await decide(self.a, self.tokens["approver"], ids,
+                                 args.burst_connections, None)
+        late = await crowd.answered(ids, ANSWER_WITHIN)
+        after = await self.drained(crowd, mem, "after_again")
+        mem["again_after_over_idle"] = round(after["rss_kb"] / idle["rss_kb"], 3)
+        mem["again_after_over_first_idle"] = round(after["rss_kb"] / mem["idle"]["rss_kb"], 3)
+        if crowd.failures or decisions.failures or late:
+            mem["again_failures"] = {**crowd.failures, **decisions.failures,
+                                     **({"not answered": late} if late else {})}
+        print(f"again, {args.waiters:,} more waiters: {idle['rss_kb']:,} KB idle before them, "
+              f"{waiting['rss_kb']:,} KB with them, {after['rss_kb']:,} KB after: "
+              f"{mem['again_after_over_idle']}x the idle level before them "
+              f"({mem['again_after_over_first_idle']}x the first idle reading)", flush=True)
 
 
 def steps(args: argparse.Namespace) -> list[tuple[float, int]]:
@@ -778,6 +818,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     except ServerFailing as failing:
                         phases["failed_in"] = str(failing)
                     await run.after(mem)
+                    if args.again and "failed_in" not in phases:
+                        await run.again(mem)
                     if args.cross_waiters and "failed_in" not in phases:
                         phases["cross_replica"] = await run.cross()
             finally:
@@ -805,7 +847,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def failed(figures: dict[str, Any]) -> bool:
     phases = [v for v in figures.values() if isinstance(v, dict) and "decide" in v]
-    return bool(figures.get("failed_in") or figures.get("waiter_failures") or any(
+    return bool(figures.get("failed_in") or figures.get("waiter_failures")
+                or figures.get("memory", {}).get("again_failures") or any(
         p.get("unanswered") or p.get("failures") or p.get("waiter_failures") for p in phases))
 
 
@@ -839,6 +882,9 @@ def main() -> None:
                         help="waiters on replica A for decisions on replica B (0: skip)")
     parser.add_argument("--cross-rate", type=float, default=100,
                         help="decisions per second on replica B")
+    parser.add_argument("--again", action=argparse.BooleanOptionalAction, default=True,
+                        help="after the first crowd has drained, a second of as many waiters "
+                             "decided at once, with memory read before and after it")
     parser.add_argument("--pool-size", type=int, default=10,
                         help="SIGNOFF_DB_POOL_SIZE of each server (default: its own default)")
     parser.add_argument("--probe", action="store_true",

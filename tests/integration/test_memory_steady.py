@@ -1,21 +1,28 @@
-"""Memory under steady use: once warm, a request's life leaves nothing behind in the process.
+"""Memory under steady use: once warm, a request's life leaves nothing behind in the process,
+and neither does a crowd of long-poll waiters.
 
-The soak benchmark (bench/soak.py) watches a server's RSS for an hour; this is its quick,
-in-process counterpart. Requests are created, read, approved, rejected, cancelled and
-expired through the app and the resolver; after a warm-up, hundreds more lives must not
-add Python objects or allocator blocks in proportion to their number: a cache without a
-bound, a label set that grows, a list of per-request objects would all show here.
+The soak benchmark (bench/soak.py) watches a server's RSS for an hour, and the waiters
+benchmark (bench/waiters.py) a server's RSS over two crowds of 10,000 waiters; these are
+their quick, in-process counterparts. Requests are created, read, approved, rejected,
+cancelled and expired through the app and the resolver, or waited for by hundreds of
+waiters at once; after a warm-up, more of them must not add Python objects or allocator
+blocks in proportion to their number: a cache without a bound, a label set that grows, a
+list of per-request objects, a waiter not removed would all show here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 from typing import Any
 
 from signoff.db import Database
+from signoff.lifecycle import Principal, Role
 from signoff.metrics import Metrics
 from signoff.resolver import Resolver
+from signoff.schemas import DecisionIn, RequestIn
+from signoff.service import Service
 from signoff.settings import Settings
 from tests.conftest import FakeClock
 from tests.integration.api_support import Api, api_for
@@ -87,5 +94,48 @@ async def test_request_lives_leave_nothing_behind(
     grown = ((objects_after - objects) / lives, (blocks_after - blocks) / lives)
     assert grown[0] < OBJECTS_PER_LIFE and grown[1] < BLOCKS_PER_LIFE, (
         f"per life: {grown[0]:.2f} objects, {grown[1]:.2f} blocks "
+        f"({objects} -> {objects_after} objects, {blocks} -> {blocks_after} blocks)"
+    )
+
+
+CROWD = 200
+
+
+async def crowd(service: Service) -> None:
+    """``CROWD`` requests, a long-poll waiter on each, all waiting at once; then each
+    approved or rejected, and every waiter answered."""
+    bot, alice = Principal("bot", Role.REQUESTER), Principal("alice", Role.APPROVER)
+    viewer = Principal("viewer", Role.VIEWER)
+    ids = [(await service.create_request(bot, RequestIn(action="restart service")))[0]["id"]
+           for _ in range(CROWD)]
+    waiting = [asyncio.create_task(service.get_request(viewer, rid, wait=30)) for rid in ids]
+    async with asyncio.timeout(30):
+        while len(service.waiters) < CROWD:
+            await asyncio.sleep(0.01)
+        for n, rid in enumerate(ids):
+            decide = service.approve if n % 2 == 0 else service.reject
+            await decide(alice, rid, DecisionIn(comment="crowd"))
+        answers = await asyncio.gather(*waiting)
+    assert [a["status"] for a in answers] == ["approved", "rejected"] * (CROWD // 2)
+    assert len(service.waiters) == 0
+
+
+async def test_crowds_of_waiters_leave_nothing_behind(db_url: str) -> None:
+    settings = Settings(database_url=db_url)
+    db = Database.from_settings(settings)
+    service = Service(db, settings, Metrics())
+    try:
+        await crowd(service)  # warm: the waiters' tables grown, statements prepared
+        objects, blocks = heap()
+        crowds = 3
+        for _ in range(crowds):
+            await crowd(service)
+        objects_after, blocks_after = heap()
+    finally:
+        await db.dispose()
+    waiters = crowds * CROWD
+    grown = ((objects_after - objects) / waiters, (blocks_after - blocks) / waiters)
+    assert grown[0] < OBJECTS_PER_LIFE and grown[1] < BLOCKS_PER_LIFE, (
+        f"per waiter: {grown[0]:.2f} objects, {grown[1]:.2f} blocks "
         f"({objects} -> {objects_after} objects, {blocks} -> {blocks_after} blocks)"
     )
