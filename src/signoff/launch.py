@@ -7,8 +7,9 @@ pooled connection prepared, a cache entry) keep hundreds of its arenas, and the 
 stayed at about three times its idle resident set (``docs/performance.md``, long-poll
 waiters). With ``PYTHONMALLOC=malloc`` every object comes from glibc, whose
 ``malloc_trim(0)`` (``signoff.collector``, after a drain) gives back free pages from
-anywhere in its heap: the server comes back to about 1.35 times its idle size instead
-(the pages that still hold one of those objects stay).
+anywhere in its heap. The first crowd leaves the server at about 1.4 times the idle size
+it had before any (the pages that still hold one of those objects, made once); after each
+later crowd it returns to the idle level it had before that crowd.
 
 The allocator is chosen when the interpreter starts, so ``serve`` sets the variable and
 replaces its own process with a new interpreter on the same command line (``execve``: the
