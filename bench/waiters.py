@@ -753,10 +753,9 @@ class Run:
                 if key in mem:
                     print(f"{key}: {mem[key]}", flush=True)
 
-
     async def again(self, mem: dict[str, Any]) -> None:
         """A second crowd, as many waiters, on the server the first one left: its idle
-        level first, then the same waiters decided all at once, then the memory read as
+        level first, then its waiters decided all at once, then the memory read as
         after the first. The first crowd a server serves leaves what it made for good (the
         event loop's free lists, statements prepared on each pooled connection, tables
         grown to its size); the second shows whether a crowd gives back what it took."""

@@ -26,6 +26,7 @@ from signoff.service import Service
 from signoff.settings import Settings
 from tests.conftest import FakeClock
 from tests.integration.api_support import Api, api_for
+from tests.integration.test_waiters import settled
 
 ROUND = 100
 # Per life measured. Anything kept per request (a row, a dict, a log event) is several
@@ -109,9 +110,8 @@ async def crowd(service: Service) -> None:
     ids = [(await service.create_request(bot, RequestIn(action="restart service")))[0]["id"]
            for _ in range(CROWD)]
     waiting = [asyncio.create_task(service.get_request(viewer, rid, wait=30)) for rid in ids]
+    await settled(lambda: len(service.waiters) == CROWD)
     async with asyncio.timeout(30):
-        while len(service.waiters) < CROWD:
-            await asyncio.sleep(0.01)
         for n, rid in enumerate(ids):
             decide = service.approve if n % 2 == 0 else service.reject
             await decide(alice, rid, DecisionIn(comment="crowd"))

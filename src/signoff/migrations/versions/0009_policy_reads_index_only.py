@@ -28,7 +28,7 @@ AUTO_DECIDED = sa.text("disposition = 'auto_repair'")
 KEYS = ("fingerprint", "service")
 
 
-def _indexes(human_include: list[str], auto_include: list[str] | None) -> None:
+def _indexes(human_include: list[str], auto_include: list[str]) -> None:
     for key in KEYS:
         name = f"ix_approval_requests_human_{key}"
         op.drop_index(name, table_name="approval_requests")
@@ -41,7 +41,7 @@ def _indexes(human_include: list[str], auto_include: list[str] | None) -> None:
     op.create_index(
         "ix_approval_requests_auto_service", "approval_requests", ["service", "decided_at"],
         unique=False, postgresql_where=AUTO_DECIDED, sqlite_where=AUTO_DECIDED,
-        **({"postgresql_include": auto_include} if auto_include else {}),
+        postgresql_include=auto_include,
     )
 
 
@@ -54,4 +54,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    _indexes(["disposition", "outcome_succeeded"], None)
+    _indexes(["disposition", "outcome_succeeded"], [])
